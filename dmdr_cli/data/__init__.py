@@ -1,0 +1,1 @@
+"""Prompt sets (the only training data: DMDR is image-free)."""

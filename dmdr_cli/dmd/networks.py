@@ -1,0 +1,188 @@
+"""Generator, real score and fake score, built from one teacher with as few weight copies as possible.
+
+Layouts (ALGORITHM.md, "DynaDG"):
+- shared_lora + LoRA generator: ONE copy of the teacher's weights carries two peft adapters,
+  "generator" and "guidance". Real score = guidance adapter at the DynaDG scale s_r(k) (adapters off
+  when s_r = 0, i.e. exactly the teacher), fake score = guidance adapter at s_f.
+- shared_lora + full generator: a trainable generator copy, plus the teacher carrying "guidance".
+- dmd2: trainable generator copy, frozen teacher = real score, a separate trainable full fake copy.
+
+Frozen weights run in the model dtype (bf16 on GPU); trainable weights are fp32 masters used under
+autocast, so the optimizer never rounds its updates to bf16.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+GENERATOR, GUIDANCE = "generator", "guidance"
+
+
+class AdapterSwitch:
+    """Chooses which peft LoRA adapter of a model is live, and at what scale.
+
+    peft's `set_adapter` also flips requires_grad so that only the live adapter trains; we undo that,
+    because a graph built with one adapter live is backpropagated after another was switched on
+    (the generator loss needs the real and fake scores first). Gradient flow is instead kept apart by
+    construction: real/fake passes run under no_grad and the fake-score loss sees a detached x0.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        from peft.tuners.lora import LoraLayer
+
+        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        self.live: tuple[str | None, float] | None = None
+
+    def use(self, adapter: str | None, scale: float = 1.0) -> None:
+        """Make `adapter` live at `scale` (x peft's alpha / r); None or scale 0: the base weights alone."""
+        state = (adapter, float(scale)) if adapter is not None and scale != 0 else (None, 0.0)
+        if state == self.live:
+            return
+        for layer in self.layers:
+            grads = [(p, p.requires_grad) for p in layer.parameters()]
+            if state[0] is None:
+                layer.enable_adapters(False)
+            else:
+                layer.enable_adapters(True)
+                layer.set_adapter(state[0])
+                layer.set_scale(state[0], state[1])
+            for p, r in grads:
+                p.requires_grad_(r)
+        self.live = state
+
+
+def add_lora(model: torch.nn.Module, name: str, rank: int, alpha: float, targets: list[str]) -> list[torch.nn.Parameter]:
+    """Attach a LoRA adapter (fp32 weights, B = 0 so it starts as a no-op) and return its parameters."""
+    from peft import LoraConfig
+
+    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True), adapter_name=name)
+    params = []
+    for pname, p in model.named_parameters():
+        if f".{name}." in pname and "lora_" in pname:
+            p.data = p.data.float()
+            params.append(p)
+    if not params:
+        raise ValueError(f"LoRA targets {targets} matched no module of {type(model).__name__}")
+    return params
+
+
+@dataclass
+class ScoreNetworks:
+    """The three roles, each a module plus how to switch it on. Built by `build_networks`."""
+
+    generator: torch.nn.Module
+    guidance: torch.nn.Module  # teacher weights (+ guidance LoRA in the shared layout)
+    fake_full: torch.nn.Module | None  # dmd2 layout only
+    generator_params: list[torch.nn.Parameter]
+    fake_params: list[torch.nn.Parameter]
+    generator_switch: AdapterSwitch | None  # LoRA generator: its adapter lives on `guidance`
+    guidance_switch: AdapterSwitch | None
+    fake_scale: float
+
+    def as_generator(self) -> torch.nn.Module:
+        if self.generator_switch is not None:
+            self.generator_switch.use(GENERATOR, 1.0)
+        return self.generator
+
+    def as_real(self, scale: float) -> torch.nn.Module:
+        """The teacher, or the teacher + guidance LoRA at the DynaDG scale (0 = exactly the teacher)."""
+        if self.guidance_switch is not None:
+            self.guidance_switch.use(GUIDANCE, scale)
+        return self.guidance
+
+    def as_fake(self) -> torch.nn.Module:
+        if self.fake_full is not None:
+            return self.fake_full
+        self.guidance_switch.use(GUIDANCE, self.fake_scale)
+        return self.guidance
+
+    def trainable_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What a checkpoint stores: generator and fake-score weights (adapters only where LoRA)."""
+        return {"generator": self.generator_state(), "fake": self.fake_state()}
+
+    def generator_state(self) -> dict[str, torch.Tensor]:
+        if self.generator_switch is not None:
+            return adapter_state(self.generator, GENERATOR)
+        return {k: v.detach().clone() for k, v in self.generator.state_dict().items()}
+
+    def fake_state(self) -> dict[str, torch.Tensor]:
+        if self.fake_full is not None:
+            return {k: v.detach().clone() for k, v in self.fake_full.state_dict().items()}
+        return adapter_state(self.guidance, GUIDANCE)
+
+    def load_generator_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.generator_switch is not None:
+            load_adapter_state(self.generator, GENERATOR, state)
+        else:
+            _load_strict(self.generator, state)
+
+    def load_fake_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.fake_full is not None:
+            _load_strict(self.fake_full, state)
+        else:
+            load_adapter_state(self.guidance, GUIDANCE, state)
+
+
+def adapter_state(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """The adapter's weights with the adapter name stripped (peft's file convention)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=adapter).items()}
+
+
+def load_adapter_state(model: torch.nn.Module, adapter: str, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if "lora_" in k]
+    if unexpected:
+        raise ValueError(f"LoRA weights do not match the {adapter} adapter: unexpected keys such as {unexpected[0]}")
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise ValueError(f"weights do not match {type(model).__name__}: {len(missing)} missing and {len(unexpected)} "
+                         f"unexpected keys (e.g. {example})")
+
+
+def build_networks(teacher: torch.nn.Module, cfg, family_cls) -> ScoreNetworks:
+    """Turn the loaded teacher denoiser into the generator / real / fake roles the recipe asks for."""
+    teacher.requires_grad_(False)
+    s, g = cfg.student, cfg.guidance
+    gen_targets = s.lora_targets or list(family_cls.generator_lora_targets)
+    gui_targets = g.lora_targets or list(family_cls.guidance_lora_targets)
+
+    # A full generator is copied before any adapter is attached, so it starts as the plain teacher.
+    generator = None if s.finetune == "lora" else _trainable_copy(teacher)
+    fake_full = _trainable_copy(teacher) if g.layout == "dmd2" else None
+    if fake_full is not None:
+        fake_params = list(fake_full.parameters())
+    else:
+        fake_params = add_lora(teacher, GUIDANCE, g.lora_rank, g.lora_alpha, gui_targets)
+
+    if generator is None:  # LoRA generator: its adapter lives on the shared teacher weights
+        generator = teacher
+        generator_params = add_lora(teacher, GENERATOR, s.lora_rank, s.lora_alpha, gen_targets)
+        generator_switch = guidance_switch = AdapterSwitch(teacher)
+    else:
+        generator_params = list(generator.parameters())
+        generator_switch = None
+        guidance_switch = AdapterSwitch(teacher) if fake_full is None else None
+
+    return ScoreNetworks(generator=generator, guidance=teacher, fake_full=fake_full,
+                         generator_params=generator_params, fake_params=fake_params,
+                         generator_switch=generator_switch, guidance_switch=guidance_switch,
+                         fake_scale=g.fake_lora_scale)
+
+
+def _trainable_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An fp32 trainable copy of the (possibly bf16) frozen teacher."""
+    clone = copy.deepcopy(model)
+    clone.float().requires_grad_(True).train()
+    return clone

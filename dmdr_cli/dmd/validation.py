@@ -1,0 +1,52 @@
+"""Sample grids of fixed prompts and seeds during training: people would rather look than read."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..sampling import sample
+from .randomness import keyed_generator
+
+
+def grid_image(images: torch.Tensor, cols: int | None = None, pad: int = 2):
+    """(B, 3, H, W) in [0, 1] -> a PIL image with the samples tiled row by row on a white background."""
+    from PIL import Image
+
+    b, _, h, w = images.shape
+    cols = cols or math.ceil(math.sqrt(b))
+    rows = math.ceil(b / cols)
+    canvas = torch.ones(3, rows * (h + pad) + pad, cols * (w + pad) + pad)
+    for i in range(b):
+        r, c = divmod(i, cols)
+        canvas[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i]
+    array = (canvas.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+@torch.no_grad()
+def student_images(ctx, cond, seed: int, tag: str = "grid") -> torch.Tensor:
+    """Images of the current student for `cond`, one fixed noise per row (the same at every step)."""
+    res = ctx.cfg.model.resolution
+    noise = torch.cat([ctx.family.noise(1, res, res, generator=keyed_generator(seed, tag, i)) for i in range(cond.batch_size)])
+    net = ctx.nets.as_generator()
+    step_noise = iter(range(10**9))
+
+    def fresh(like):
+        return torch.randn(like.shape, generator=keyed_generator(seed, tag, "step", next(step_noise))).to(like)
+
+    with ctx.amp():
+        x0 = sample(ctx.family, net, noise.to(ctx.device), cond.to(ctx.device), ctx.student_times, ctx.sampler, fresh)
+        return ctx.family.decode(x0.to(next(net.parameters()).dtype)).float().cpu()
+
+
+def save_sample_grid(ctx, prompts: list[str], cond, folder: Path, step: int, seed: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:06d}.png"
+    tmp = folder / f".step-{step:06d}.png.tmp"
+    grid_image(student_images(ctx, cond, seed)).save(tmp, format="PNG")
+    tmp.replace(path)
+    (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    return path

@@ -1,0 +1,159 @@
+"""What a training command is about to do, worked out without loading any weights (`--dry-run`).
+
+Parameter counts come from safetensors headers (a few KB read per file), so the plan is instant even
+for SD3.5-Large.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from ..recipe import Recipe, to_yaml
+
+DENOISER_FOLDERS = {"sd": "unet", "sdxl": "unet", "sd3": "transformer"}
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a .safetensors header, without reading the tensors."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def denoiser_shapes(cfg: Recipe) -> dict[str, list[int]] | None:
+    """Shapes of the teacher's denoiser weights when they are on local disk, else None (hub id)."""
+    if cfg.model.single_file and Path(cfg.model.single_file).is_file():
+        return None  # original-layout keys: counts would need the conversion, which loads weights
+    folder = Path(cfg.model.pretrained) / DENOISER_FOLDERS[cfg.model.family]
+    if not folder.is_dir():
+        return None
+    variant = f".{cfg.model.variant}" if cfg.model.variant else ""
+    files = sorted(folder.glob(f"diffusion_pytorch_model{variant}*.safetensors"))
+    if not files:
+        return None
+    shapes: dict[str, list[int]] = {}
+    for f in files:
+        shapes.update(safetensors_shapes(f))
+    return shapes
+
+
+def lora_parameter_count(shapes: dict[str, list[int]], targets: list[str], rank: int) -> int:
+    """Parameters peft adds for LoRA of `rank` on modules whose name ends with a target (peft's suffix match)."""
+    total = 0
+    for key, shape in shapes.items():
+        if not key.endswith(".weight"):
+            continue
+        module = key[: -len(".weight")]
+        if not any(module == t or module.endswith("." + t) for t in targets):
+            continue
+        if len(shape) == 2:  # Linear: A (r x in) + B (out x r)
+            total += rank * (shape[0] + shape[1])
+        elif len(shape) == 4:  # Conv: A (r x in x kh x kw) + B 1x1 (out x r)
+            total += rank * (shape[1] * shape[2] * shape[3] + shape[0])
+    return total
+
+
+def _family_targets(family: str) -> tuple[list[str], list[str]]:
+    from ..families import FAMILIES
+
+    cls = FAMILIES[family]
+    return list(cls.generator_lora_targets), list(cls.guidance_lora_targets)
+
+
+def _prompt_check(spec: str) -> str | None:
+    if spec.startswith("builtin:"):
+        return None
+    return None if Path(spec).is_file() else f"data.prompts file {spec!r} does not exist (the run would stop before loading weights)"
+
+
+def plan_rows(cfg: Recipe, stage: str, init: str | None, resume: str | None) -> tuple[list[tuple[str, str]], list[str]]:
+    m, s = cfg.model, cfg.student
+    rows: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    local = Path(m.pretrained).exists()
+    rows.append(("family", m.family))
+    rows.append(("teacher", f"{m.pretrained} ({'local folder' if local else 'hub id'}"
+                            f"{', revision ' + m.revision if m.revision else ''}{', variant ' + m.variant if m.variant else ''})"))
+    if m.single_file:
+        rows.append(("single-file weights", m.single_file))
+    times = ", ".join(f"{t:g}" for t in s.timesteps) if s.timesteps else "family default"
+    rows.append(("student", f"{s.steps} step(s), times {times}, sampler {s.sampler}, {s.finetune} fine-tune"
+                            + (f" (LoRA r{s.lora_rank}, alpha {s.lora_alpha:g})" if s.finetune == "lora" else "")))
+    gen_targets, gui_targets = _family_targets(m.family)
+    shapes = denoiser_shapes(cfg)
+    if shapes is not None:
+        base = sum(_numel(v) for v in shapes.values())
+        gen = base if s.finetune == "full" else lora_parameter_count(shapes, s.lora_targets or gen_targets, s.lora_rank)
+        fake = lora_parameter_count(shapes, cfg.guidance.lora_targets or gui_targets, cfg.guidance.lora_rank)
+        if cfg.guidance.layout == "dmd2":
+            fake = base
+        rows.append(("trainable parameters", f"generator {gen:,} / fake score {fake:,} (teacher {base:,})"))
+    else:
+        rows.append(("trainable parameters", "known after loading (weights not on local disk)"))
+    layout = ("one teacher copy shared by generator, real and fake (separate LoRA adapters)"
+              if cfg.guidance.layout == "shared_lora" and s.finetune == "lora" else
+              "generator copy + teacher copy with the guidance LoRA" if cfg.guidance.layout == "shared_lora" else
+              "DMD2 layout: generator, teacher and a full fake-score copy")
+    rows.append(("network layout", layout))
+    total = cfg.coldstart.steps if stage == "coldstart" else cfg.train.steps
+    stages = []
+    if cfg.coldstart.steps:
+        dg = f"DynaDG s_r0={cfg.coldstart.dynadg.scale:g} over {cfg.coldstart.dynadg.steps}" if cfg.coldstart.dynadg.enabled else "no DynaDG"
+        rs = f"DynaRS over {cfg.coldstart.dynars.steps}" if cfg.coldstart.dynars.enabled else "uniform renoise"
+        stages.append(f"cold start 0 -> {cfg.coldstart.steps} ({dg}, {rs})")
+    if stage == "distill" and total > cfg.coldstart.steps:
+        rl = cfg.rl.algorithm
+        stages.append(f"DMD{' + ' + rl.upper() if rl != 'none' else ''} {cfg.coldstart.steps} -> {total}"
+                      + (f" (RL from step {cfg.rl_start})" if rl != "none" else ""))
+    if stage == "coldstart" and not cfg.coldstart.steps:
+        warnings.append("coldstart.steps is 0: `dmdr coldstart` has nothing to do (set coldstart.steps)")
+    rows.append(("stages", "; ".join(stages) or "none"))
+    rows.append(("generator steps", f"{total} ({total * cfg.dmd.fake_updates_per_generator_update} fake-score updates), "
+                                    f"batch {cfg.train.batch_size} per process x {cfg.train.gradient_accumulation} accumulation"))
+    if cfg.rl.algorithm != "none":
+        rows.append(("rewards", ", ".join(f"{r.name} x{r.weight:g}" for r in cfg.rl.rewards)))
+    if init:
+        rows.append(("init", init))
+    if resume:
+        rows.append(("resume", resume))
+    out = Path(cfg.output.dir)
+    rows.append(("outputs", f"{out}/ recipe.yaml, log.jsonl, samples/*.png, checkpoints/step-*/"))
+    for w in [_prompt_check(cfg.data.prompts)] + [_reward_check(r) for r in cfg.rl.rewards]:
+        if w:
+            warnings.append(w)
+    return rows, warnings
+
+
+def _reward_check(spec) -> str | None:
+    p = spec.path
+    if p and (p.startswith(("./", "/", "rewards/")) or p.endswith((".pt", ".pth", ".safetensors"))) and not Path(p).exists():
+        return f"reward {spec.name}: weights {p!r} not found (the run would stop before training)"
+    return None
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def print_plan(cfg: Recipe, stage: str, init: str | None, resume: str | None, console: Console) -> None:
+    console.rule(f"dmdr {stage}: resolved recipe")
+    console.print(Syntax(to_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
+    rows, warnings = plan_rows(cfg, stage, init, resume)
+    table = Table(title=f"plan ({stage})", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}")

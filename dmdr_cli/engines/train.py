@@ -1,0 +1,268 @@
+"""`dmdr coldstart` and `dmdr distill`: the DMDR training loop, top to bottom.
+
+Stage 1 (cold start, generator steps [0, coldstart.steps)): DMD with DynaDG and DynaRS.
+Stage 2 (distill, up to train.steps): DMD + the RL branch from rl.start_step.
+The generator-step counter k drives every schedule and continues across stages, --init and --resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from ..data.prompts import prompt_index, read_prompts
+from ..errors import DmdrError
+from ..recipe import Recipe, to_yaml
+from ..runtime import checkpoint as ckpt
+from ..runtime.distributed import Dist
+from ..runtime.faults import fault_point
+from ..runtime.monitor import MetricsLog, StepProgress
+from ..runtime.precision import autocast_dtype, frozen_dtype, make_optimizer, setup_backends
+from ..runtime.rundir import RunFolder
+from ..dmd.networks import build_networks
+from ..dmd.randomness import StepRandomness
+from ..dmd.step import StepContext, dmd_generator_loss, fake_score_step_loss, generator_sample
+from ..dmd.validation import save_sample_grid
+from ..dmd.init_weights import apply_init
+from ..rl import build_rl_branch
+
+
+class NonFiniteGuard:
+    """Skips updates whose loss or gradient is not finite; stops the run after too many in a row."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.skipped = limit, 0, 0
+
+    def check(self, term: str, values: list[torch.Tensor]) -> bool:
+        if all(bool(torch.isfinite(v).all()) for v in values):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        if self.in_a_row >= self.limit:
+            raise DmdrError(f"{self.in_a_row} non-finite updates in a row in the {term} term; the last good "
+                            f"checkpoint is kept: lower the learning rates or check the reward, then --resume latest")
+        return False
+
+
+def apply_update(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, clip: float, dist: Dist,
+                 guard: NonFiniteGuard, term: str, loss: torch.Tensor) -> tuple[bool, float]:
+    """All-reduce gradients, clip, and step, unless anything is non-finite (then the update is skipped)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    dist.average_gradients(grads)
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    ok = guard.check(term, [loss.detach(), norm])
+    if ok:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return ok, float(norm)
+
+
+def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | None, console: Console) -> Path:
+    dist = Dist.create()
+    device = dist.device
+    setup_backends(device)
+    total_steps = cfg.coldstart.steps if stage == "coldstart" else cfg.train.steps
+    if total_steps == 0:
+        raise DmdrError("coldstart.steps is 0: nothing to do for `dmdr coldstart` (set coldstart.steps > 0)")
+
+    # ---- everything a user can get wrong is checked before any weight loads -----------------------
+    prompts = read_prompts(cfg.data.prompts)
+    val_prompts = (read_prompts(cfg.data.validation_prompts) if cfg.data.validation_prompts else prompts)
+    val_prompts = val_prompts[: cfg.data.num_validation]
+    run = RunFolder(Path(cfg.output.dir), resume=resume is not None)
+    resume_from = ckpt.resolve_checkpoint(resume, run.path) if resume else None
+
+    # ---- models ----------------------------------------------------------------------------------
+    from ..families import FAMILIES, load_family
+
+    rl_branch = build_rl_branch(cfg, device, stage)  # rewards load (and fail) before the teacher
+    family = load_family(cfg.model, device=device, dtype=frozen_dtype(cfg.model.dtype, device))
+    all_prompts = sorted(set(prompts) | set(val_prompts))
+    with console.status("encoding prompts") if dist.is_main else _null():
+        conds = encode_all(family, all_prompts, device)
+        uncond = family.unconditional()
+    if cfg.data.cache_embeddings:
+        family.release_text_encoders()
+    index_of = {p: i for i, p in enumerate(all_prompts)}
+    teacher = family.denoiser
+    if cfg.train.gradient_checkpointing:
+        teacher.enable_gradient_checkpointing()
+    nets = build_networks(teacher, cfg, FAMILIES[cfg.model.family])
+    if cfg.train.gradient_checkpointing and nets.generator is not teacher:
+        nets.generator.enable_gradient_checkpointing()
+    opt_g = make_optimizer(nets.generator_params, cfg.train.lr_generator, cfg.train, device)
+    opt_f = make_optimizer(nets.fake_params, cfg.train.lr_guidance, cfg.train, device)
+    if rl_branch is not None:
+        rl_branch.attach(family, nets)
+
+    start = 0
+    if resume_from is not None:
+        start = restore(resume_from, nets, {"generator": opt_g, "fake": opt_f})
+        console.print(f"resuming from {resume_from} at generator step {start}")
+    elif init:
+        start = apply_init(init, nets)
+        console.print(f"initialised from {init} (generator step counter at {start})")
+    if start >= total_steps:
+        raise DmdrError(f"the run is already at generator step {start} >= {total_steps}: raise train.steps "
+                        f"(or coldstart.steps for `dmdr coldstart`) to continue")
+
+    sampler = cfg.student.sampler if cfg.student.sampler != "auto" else family.default_sampler
+    ctx = StepContext(family=family, nets=nets, cfg=cfg, device=device,
+                      amp_dtype=autocast_dtype(cfg.train.mixed_precision, device),
+                      student_times=family.student_times(cfg.student.steps, cfg.student.timesteps,
+                                                         shift=cfg.student.flow_shift),
+                      sampler=sampler, uncond=uncond.to(device))
+
+    # ---- the run folder is created only now: bad input above leaves nothing behind ----------------
+    run.open(recipe_yaml=to_yaml(cfg), is_main=dist.is_main)
+    log = MetricsLog(run.path / "log.jsonl", enabled=dist.is_main)
+    log.truncate_after(start)
+    guard_g = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    guard_f = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    K = cfg.dmd.fake_updates_per_generator_update
+    A = cfg.train.gradient_accumulation
+    B = cfg.train.batch_size
+    global_batch = B * dist.world_size
+
+    def batch(k: int, inner: int, micro: int):
+        """Sample ids, prompts and conditioning of this process's slice of one micro-batch."""
+        base = ((k * K + inner) * A + micro) * global_batch + dist.rank * B
+        ids = list(range(base, base + B))
+        texts = [prompts[prompt_index(i, len(prompts), cfg.train.seed)] for i in ids]
+        cond = conds[[index_of[t] for t in texts]].to(device)
+        return ids, texts, cond
+
+    def save(k: int):
+        if dist.is_main:
+            ckpt.save_checkpoint(run.path, k, recipe_yaml=to_yaml(cfg), state=run_state(cfg, stage, nets),
+                                 tensors=nets.trainable_state(), optimizers={"generator": opt_g, "fake": opt_f},
+                                 keep=cfg.train.keep_checkpoints, fault_hook=fault_point)
+        dist.barrier()
+
+    title = "cold start" if stage == "coldstart" else "distill"
+    k = start
+    with StepProgress(total_steps, start, console, dist.is_main, title) as progress, run.preemption() as preempt:
+        while k < total_steps:
+            t0 = time.perf_counter()
+            rl_on = rl_branch is not None and k >= cfg.rl_start
+            stats: dict = {}
+            fake_losses = []
+            for inner in range(K):
+                gen_turn = inner == K - 1  # the fake score is freshest right before the generator update
+                for micro in range(A):
+                    ids, texts, cond = batch(k, inner, micro)
+                    rng = StepRandomness(cfg.train.seed, k, inner * A + micro, ids, device)
+                    x0_g, info = generator_sample(ctx, cond, rng, with_grad=gen_turn)
+                    fault_point("after-generator-forward")
+                    if gen_turn:
+                        loss_dmd, dmd_stats = dmd_generator_loss(ctx, x0_g, cond, rng, k)
+                        loss = cfg.dmd.weight * loss_dmd
+                        if rl_on:
+                            loss_rl, rl_stats = rl_branch.loss(ctx, x0_g, cond, texts, rng, k)
+                            loss = loss + cfg.rl.weight * loss_rl
+                            stats.update(rl_stats)
+                            stats["rl_loss"] = loss_rl.detach()
+                        nets.as_generator()
+                        (loss / A).backward()
+                        stats.update(dmd_stats)
+                        stats["generator_loss"] = loss.detach()
+                    fake_loss = fake_score_step_loss(ctx, x0_g, cond, rng, k)
+                    (fake_loss / A).backward()
+                    fake_losses.append(fake_loss.detach())
+                fault_point("after-backward")
+                if gen_turn:
+                    ok, norm = apply_update(nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g,
+                                            "DMD/RL generator" if rl_on else "DMD generator", stats["generator_loss"])
+                    stats["generator_grad_norm"], stats["generator_skipped"] = norm, int(not ok)
+                ok, norm = apply_update(nets.fake_params, opt_f, cfg.train.grad_clip, dist, guard_f,
+                                        "fake-score", fake_losses[-1])
+                stats["fake_grad_norm"] = norm
+                fault_point("after-optimizer-step")
+            k += 1
+            stats["fake_loss"] = torch.stack(fake_losses).mean()
+            stats["step_time"] = time.perf_counter() - t0
+            stats["nonfinite_skipped"] = guard_g.skipped + guard_f.skipped
+            stats.update(memory_stats(device))
+            scalars = {n: float(v) for n, v in stats.items() if _is_scalar(v)}
+            if k % cfg.train.log_every == 0 or k == total_steps or k == start + 1:
+                log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
+            progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
+            if cfg.train.sample_every and k % cfg.train.sample_every == 0 and dist.is_main:
+                save_sample_grid(ctx, val_prompts, conds[[index_of[p] for p in val_prompts]], run.path / "samples",
+                                 k, cfg.train.seed)
+            if (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps:
+                save(k)
+            elif preempt.requested:
+                save(k)
+            if preempt.requested:
+                console.print(f"[yellow]stopped by {preempt.signal_name} at generator step {k}; checkpoint written. "
+                              f"Continue with --resume latest[/]")
+                log.close()
+                raise SystemExit(preempt.exit_code)
+    if dist.is_main and cfg.train.sample_every:
+        save_sample_grid(ctx, val_prompts, conds[[index_of[p] for p in val_prompts]], run.path / "samples",
+                         k, cfg.train.seed)
+    log.close()
+    run.close()
+    if dist.is_main:
+        console.print(f"[green]done[/]: {total_steps} generator steps; checkpoints in {run.path / 'checkpoints'}")
+    return run.path
+
+
+def encode_all(family, prompts: list[str], device, batch: int = 64):
+    """Embeddings for every prompt, computed once (the text encoders can leave the GPU afterwards)."""
+    from ..families.base import Cond
+
+    parts = [family.encode_prompts(prompts[i:i + batch]).to("cpu") for i in range(0, len(prompts), batch)]
+    return Cond.cat(parts)
+
+
+def run_state(cfg: Recipe, stage: str, nets) -> dict:
+    from .. import __version__
+
+    return {"dmdr_version": __version__, "stage": stage, "family": cfg.model.family,
+            "generator_format": "lora" if nets.generator_switch is not None else "full",
+            "fake_format": "full" if nets.fake_full is not None else "lora",
+            "generator_lora": {"rank": cfg.student.lora_rank, "alpha": cfg.student.lora_alpha,
+                               "targets": list(cfg.student.lora_targets or [])},
+            "student_steps": cfg.student.steps}
+
+
+def restore(path: Path, nets, optimizers: dict) -> int:
+    data = ckpt.load_checkpoint(path)
+    nets.load_generator_state(data["tensors"]["generator"])
+    nets.load_fake_state(data["tensors"]["fake"])
+    for name, opt in optimizers.items():
+        if name in data["optim"]:
+            ckpt.optimizer_from_files(opt, *data["optim"][name])
+    return int(data["state"]["step"])
+
+
+def memory_stats(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    try:
+        import resource
+
+        return {"cpu_rss_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    except ImportError:
+        return {}
+
+
+def _is_scalar(v) -> bool:
+    if torch.is_tensor(v):
+        return v.numel() == 1
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)) or isinstance(v, float)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

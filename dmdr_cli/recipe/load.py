@@ -1,0 +1,176 @@
+"""Read a recipe: YAML file + `key.path=value` overrides -> validated `Recipe`, or one `RecipeError` line.
+
+Nothing heavy is imported here: validation runs before any weight loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import RecipeError
+from .schema import Recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    data = read_yaml(path)
+    for item in overrides:
+        apply_override(data, item)
+    return validate(data, source=str(path))
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise RecipeError(f"recipe file {str(p)!r} does not exist: give the path of a YAML recipe (see recipes/)")
+    if p.is_dir():
+        raise RecipeError(f"recipe {str(p)!r} is a folder: give the path of a YAML file inside it")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"recipe {str(p)!r} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise RecipeError(f"recipe {str(p)!r} is empty: it needs at least a model section (family, pretrained)")
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {str(p)!r} must be a mapping of sections (model:, student:, ...), "
+                          f"not a {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict, item: str) -> None:
+    """`a.b.c=value` (value parsed as YAML, so 1e-6, true, [1, 2] and null work) set in place."""
+    if not isinstance(item, str) or "=" not in item:
+        raise RecipeError(f"override {item!r} is not of the form key.path=value (e.g. train.steps=100)")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise RecipeError(f"override {item!r} has an empty key: write it as key.path=value (e.g. train.steps=100)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part) if isinstance(node, dict) else None
+        if nxt is None:
+            nxt = {}
+            node[part] = nxt
+        if not isinstance(nxt, dict):
+            raise RecipeError(f"override {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def validate(data: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_describe(e.errors()[0], data, source)) from None
+
+
+def _describe(err: dict, data: dict, source: str) -> str:
+    loc = [str(p) for p in err["loc"]]
+    path = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        hint = closest_key(loc)
+        tail = f"; did you mean {hint}?" if hint else f"; valid keys here: {', '.join(valid_keys(loc[:-1]))}"
+        return f"{source}: unknown key {path}{tail}"
+    if kind == "missing":
+        return f"{source}: {path} is required: {field_help(loc)}"
+    value = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind in ("value_error", "assertion_error") and not loc:
+        return f"{source}: {msg}"
+    expected = field_help(loc)
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    return f"{source}: {path} = {shown} is invalid ({msg}); expected: {expected}"
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    """The section model that holds the field at `loc` (list indices skipped)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = _section_type(field.annotation)
+        if ann is None:
+            return None
+        model = ann
+    return model
+
+
+def _section_type(ann) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def valid_keys(section_loc: list[str]) -> list[str]:
+    model = _model_at(section_loc)
+    return list(model.model_fields) if model else []
+
+
+def closest_key(loc: list[str]) -> str | None:
+    """The valid key path closest to an unknown one: first within its section, then anywhere."""
+    parent, name = loc[:-1], loc[-1]
+    prefix = ".".join(p for p in parent)
+    match = difflib.get_close_matches(name, valid_keys(parent), n=1, cutoff=0.5)
+    if match:
+        return f"{prefix}.{match[0]}" if prefix else match[0]
+    everywhere = all_key_paths()
+    match = difflib.get_close_matches(".".join(loc), everywhere, n=1, cutoff=0.6)
+    if match:
+        return match[0]
+    by_leaf = [k for k in everywhere if k.rsplit(".", 1)[-1] == name]
+    return by_leaf[0] if by_leaf else None
+
+
+def all_key_paths(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        sub = _section_type(field.annotation)
+        if sub is not None and not _is_list(field.annotation):
+            out.extend(all_key_paths(sub, path + "."))
+        else:
+            out.append(path)
+    return out
+
+
+def _is_list(ann) -> bool:
+    return getattr(ann, "__origin__", None) is list
+
+
+def field_help(loc: list[str]) -> str:
+    model = _model_at(loc[:-1])
+    if model is None:
+        return "see `dmdr recipe reference`"
+    field = model.model_fields.get(loc[-1]) if loc else None
+    if field is None:
+        return "see `dmdr recipe reference`"
+    return field.description or "see `dmdr recipe reference`"
+
+
+def to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (defaults filled in), saved next to every run output."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=110)

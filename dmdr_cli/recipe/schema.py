@@ -1,0 +1,224 @@
+"""The one recipe format, shared by every subcommand.
+
+Every field has a type, a default where one makes sense, a range check and a help text; the README's
+recipe reference is generated from these (`dmdr recipe reference`) and a test keeps the two in sync.
+Defaults are the DMDR authors' values (ALGORITHM.md) where they do not depend on the model family;
+family-specific values live in the shipped recipes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    family: Literal["sd", "sdxl", "sd3"] = Field(
+        description="Model family adapter: sd (SD1.x/2.x UNet, eps or v), sdxl (UNet, two text encoders), "
+                    "sd3 (MMDiT flow matching: SD3-Medium, SD3.5-Large/Medium).")
+    pretrained: str = Field(
+        description="Teacher weights: a local diffusers folder or a hub id (e.g. stabilityai/stable-diffusion-xl-base-1.0).")
+    revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) of `pretrained`.")
+    variant: Optional[str] = Field(None, description="Weight file variant in the folder, e.g. fp16.")
+    single_file: Optional[str] = Field(
+        None, description="A single-file .safetensors fine-tune to load with from_single_file; `pretrained` then "
+                          "gives the config and the components the file lacks.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="dtype of the frozen networks on GPU (CPU always runs fp32).")
+    resolution: int = Field(1024, ge=8, le=4096, description="Training and sampling resolution in pixels (square).")
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = Field(
+        "auto", description="UNet families only: override the scheduler config's prediction type.")
+    max_text_tokens: Optional[int] = Field(
+        None, ge=1, le=512, description="T5 prompt length for sd3 (DMDR: 128); None keeps the family default.")
+
+
+class StudentSection(Section):
+    steps: int = Field(4, ge=1, le=8, description="Number of student sampling steps (NFE, no CFG).")
+    timesteps: Optional[list[float]] = Field(
+        None, description="Explicit student times in [0, 1] (1 = noise), first fed pure noise; e.g. [0.399] for the "
+                          "SDXL 1-step student. None: the family default (eps: 999, 749, ...; flow: shifted).")
+    flow_shift: Optional[float] = Field(
+        None, gt=0, description="sd3 only: shift of the student's times (SD3-Medium 3.0, SD3.5-Large 5.0); "
+                                "None reads the scheduler config.")
+    sampler: Literal["auto", "sde", "ode"] = Field(
+        "auto", description="Rollout: sde (DMD2 backward simulation, fresh noise each step) or ode (deterministic "
+                            "Euler; DMDR's SD3 scripts). auto: sde for eps/v families, ode for flow.")
+    finetune: Literal["lora", "full"] = Field("full", description="Train the whole denoiser or a LoRA on it.")
+    lora_rank: int = Field(64, ge=1, le=1024, description="Generator LoRA rank (DMDR SD3: 64).")
+    lora_alpha: float = Field(128.0, gt=0, description="Generator LoRA alpha (DMDR SD3: 128).")
+    lora_targets: Optional[list[str]] = Field(
+        None, description="Module names the generator LoRA wraps; None: the family's default list.")
+    init: Optional[str] = Field(
+        None, description="Start the student from these weights instead of the teacher: a dmdr checkpoint, a "
+                          "denoiser state dict (.safetensors) or a LoRA file.")
+
+
+class GuidanceSection(Section):
+    scale: float = Field(7.0, ge=1.0, le=30.0, description="Real-score CFG scale w0 (SDXL/SD3-M 7.0, SD3.5-L 4.0).")
+    jitter: float = Field(0.5, ge=0.0, le=10.0, description="CFG scale drawn per step from U[w0 - jitter, w0 + jitter].")
+    uncond: Literal["empty_prompt", "zeros"] = Field(
+        "empty_prompt", description="CFG's unconditional input: the encoded \"\" (DMDR) or zero embeddings (DMD2 SDXL). "
+                                    "The teacher baseline uses the same.")
+    layout: Literal["shared_lora", "dmd2"] = Field(
+        "shared_lora", description="shared_lora: real and fake score are one frozen teacher + one LoRA (DynaDG); "
+                                   "dmd2: a separate full fake-score copy, no DynaDG (for comparison).")
+    lora_rank: int = Field(32, ge=1, le=1024, description="Guidance (fake-score) LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="Guidance LoRA alpha.")
+    lora_targets: Optional[list[str]] = Field(None, description="Guidance LoRA modules; None: the family's default list.")
+    fake_lora_scale: float = Field(2.0, ge=0.0, le=10.0, description="LoRA scale s_f at which the guidance network is the fake score.")
+
+
+class DmdSection(Section):
+    fake_updates_per_generator_update: int = Field(
+        5, ge=1, le=100, description="TTUR: fake-score updates per generator update (DMD2/DMDR: 5).")
+    t_min: float = Field(0.001, ge=0.0, lt=1.0, description="Lower end of renoise times (DMDR 0.001, DMD2 0.02).")
+    t_max: float = Field(1.0, gt=0.0, le=1.0, description="Upper end of renoise times (DMDR 1.0, DMD2 0.98).")
+    weight: float = Field(1.0, ge=0.0, description="Weight of L_dmd in the generator loss.")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.t_min >= self.t_max:
+            raise ValueError(f"t_min ({self.t_min}) must be below t_max ({self.t_max})")
+        return self
+
+
+class DynaDGSection(Section):
+    enabled: bool = Field(True, description="Dynamic distribution guidance: real score = teacher + LoRA at a decaying scale.")
+    scale: float = Field(0.5, ge=0.0, le=10.0, description="Initial real-score LoRA scale s_r0 (authors: 0.5).")
+    steps: int = Field(2000, ge=1, description="Generator steps K_dg over which s_r decays (cosine) to 0.")
+
+
+class DynaRSSection(Section):
+    enabled: bool = Field(True, description="Dynamic renoise sampling: t ~ Beta(1 + 3c, 1 + 0.5c), c decaying 1 -> 0.")
+    steps: int = Field(2000, ge=1, description="Generator steps K_rs after which renoise times are uniform.")
+    alpha_boost: float = Field(3.0, ge=0.0, description="Beta's alpha = 1 + alpha_boost * c (authors: 3).")
+    beta_boost: float = Field(0.5, ge=0.0, description="Beta's beta = 1 + beta_boost * c (authors: 0.5).")
+
+
+class ColdstartSection(Section):
+    steps: int = Field(0, ge=0, description="Generator steps of stage 1 (DMD + DynaDG + DynaRS, no RL): the stage boundary.")
+    dynadg: DynaDGSection = Field(default_factory=DynaDGSection, description="DynaDG schedule.")
+    dynars: DynaRSSection = Field(default_factory=DynaRSSection, description="DynaRS schedule.")
+
+
+class RewardSpec(Section):
+    name: str = Field(description="hps, pickscore, clip, aesthetic, world-clip or custom.")
+    weight: float = Field(1.0, description="Weight of this reward's loss in L_rl.")
+    path: Optional[str] = Field(None, description="Local weights file or folder, or a hub id; None: the reward's default.")
+    margin: Optional[float] = Field(None, description="Hinge margin in the reward's own units; None: its default.")
+    loss: Literal["hinge", "linear"] = Field("hinge", description="hinge: relu(margin - r); linear: -r.")
+    prompt_prefix: Optional[str] = Field(None, description="Prepended to prompts for this reward (authors: HPS 'Realistic photo').")
+    options: dict = Field(default_factory=dict, description="Reward-specific knobs (e.g. clip architecture, custom module:function).")
+
+
+class DPOSection(Section):
+    samples_per_prompt: int = Field(2, ge=2, le=16, description="K samples per prompt; best and worst by reward form the pair.")
+    beta: float = Field(500.0, gt=0, description="Diffusion-DPO beta; errors are measured in x0 space (see docs).")
+    reference: Literal["rl_start", "teacher"] = Field(
+        "rl_start", description="Frozen reference: the generator as it was when RL started, or the teacher (cheaper for full fine-tunes).")
+
+
+class GRPOSection(Section):
+    group_size: int = Field(4, ge=2, le=64, description="K trajectories per prompt; advantages normalised within the group.")
+    clip: float = Field(0.2, gt=0, le=1, description="PPO clip range of the likelihood ratio.")
+    kl_weight: float = Field(0.0, ge=0, description="Weight of the KL to the reference policy (0: off).")
+    epochs: int = Field(1, ge=1, le=16, description="Optimisation epochs per batch of rollouts (do not advance k).")
+    noise_level: float = Field(1.0, gt=0, description="Scale of the sde transition std used for log-probabilities.")
+
+
+class RLSection(Section):
+    algorithm: Literal["none", "refl", "dpo", "grpo"] = Field("none", description="RL branch added to L_dmd.")
+    start_step: Optional[int] = Field(None, ge=0, description="Generator step the RL branch starts at; None: coldstart.steps.")
+    weight: float = Field(1.0, ge=0, description="Weight of L_rl against L_dmd.")
+    rewards: list[RewardSpec] = Field(default_factory=list, description="Rewards with their weights.")
+    decoder: Optional[str] = Field(
+        None, description="ReFL decoder: None = the family's VAE; a path/hub id of a diffusers AutoencoderTiny (TAESD) to save memory.")
+    decode_resolution: Optional[int] = Field(None, ge=8, description="Downscale decoded images to this size before the reward (saves memory).")
+    dpo: DPOSection = Field(default_factory=DPOSection, description="DPO knobs.")
+    grpo: GRPOSection = Field(default_factory=GRPOSection, description="GRPO knobs.")
+
+    @model_validator(mode="after")
+    def _rewards_needed(self):
+        if self.algorithm != "none" and not self.rewards:
+            raise ValueError(f"rl.algorithm is {self.algorithm!r} but rl.rewards is empty: add at least one reward")
+        return self
+
+
+class DataSection(Section):
+    prompts: str = Field("builtin:demo", description="Training prompts: a text file (one per line) or builtin:NAME.")
+    validation_prompts: Optional[str] = Field(None, description="Held-out prompts for validation and grids; None: the first training prompts.")
+    num_validation: int = Field(8, ge=1, le=1024, description="Validation prompts used (also the sample-grid size).")
+    cache_embeddings: bool = Field(True, description="Encode all prompts once and free the text encoders.")
+
+
+class TrainSection(Section):
+    steps: int = Field(4000, ge=1, description="Total generator steps (cold start included).")
+    batch_size: int = Field(4, ge=1, le=1024, description="Prompts per process per inner step.")
+    gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per update (the fake/generator ratio is kept).")
+    lr_generator: float = Field(1e-6, gt=0, le=1, description="Generator learning rate.")
+    lr_guidance: float = Field(5e-7, gt=0, le=1, description="Fake-score (guidance LoRA) learning rate.")
+    optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="AdamW (fused on CUDA) or bitsandbytes 8-bit AdamW.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm (0: no clipping).")
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    compile: bool = Field(False, description="torch.compile the denoiser (minutes of warm-up; for long runs).")
+    seed: int = Field(0, ge=0, description="Seed of all randomness (noise is keyed by global sample index).")
+    log_every: int = Field(10, ge=1, description="Generator steps between log lines.")
+    sample_every: int = Field(500, ge=0, description="Generator steps between sample grids (0: off).")
+    validate_every: int = Field(0, ge=0, description="Generator steps between validations (0: off).")
+    checkpoint_every: int = Field(500, ge=0, description="Generator steps between checkpoints (0: only at the end).")
+    keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept (oldest removed).")
+    max_nonfinite_steps: int = Field(5, ge=1, description="Consecutive non-finite updates before the run stops.")
+
+
+class SampleSection(Section):
+    steps: Optional[int] = Field(None, ge=1, description="Sampling steps; None: the student's own (teacher: 25).")
+    cfg: Optional[float] = Field(None, ge=1.0, description="Teacher CFG for `dmdr sample` of a teacher; None: guidance.scale.")
+    batch_size: int = Field(4, ge=1, description="Images per forward pass.")
+    per_prompt: int = Field(1, ge=1, description="Images per prompt.")
+    seed: int = Field(0, ge=0, description="Base seed; image i of prompt p uses a seed derived from (seed, p, i).")
+
+
+class OutputSection(Section):
+    dir: str = Field("runs/dmdr", description="Run folder: checkpoints, logs, grids, resolved recipe.")
+
+
+class Recipe(Section):
+    """A dmdr recipe."""
+
+    model: ModelSection = Field(description="The teacher and its family.")
+    student: StudentSection = Field(default_factory=StudentSection, description="The few-step generator.")
+    guidance: GuidanceSection = Field(default_factory=GuidanceSection, description="Real/fake scores and CFG.")
+    dmd: DmdSection = Field(default_factory=DmdSection, description="Distribution matching loss and TTUR.")
+    coldstart: ColdstartSection = Field(default_factory=ColdstartSection, description="Stage 1: DynaDG and DynaRS.")
+    rl: RLSection = Field(default_factory=RLSection, description="Stage 2: reinforcement-learning branch.")
+    data: DataSection = Field(default_factory=DataSection, description="Prompts (image-free).")
+    train: TrainSection = Field(default_factory=TrainSection, description="Optimisation and run machinery.")
+    sample: SampleSection = Field(default_factory=SampleSection, description="Defaults for `dmdr sample`.")
+    output: OutputSection = Field(default_factory=OutputSection, description="Where results go.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.student.timesteps is not None:
+            if len(self.student.timesteps) != self.student.steps:
+                raise ValueError(f"student.timesteps has {len(self.student.timesteps)} entries but student.steps is "
+                                 f"{self.student.steps}")
+            if any(not 0 < t <= 1 for t in self.student.timesteps):
+                raise ValueError("student.timesteps must lie in (0, 1]")
+        if self.coldstart.steps > self.train.steps:
+            raise ValueError(f"coldstart.steps ({self.coldstart.steps}) exceeds train.steps ({self.train.steps})")
+        if self.rl.algorithm == "grpo" and self.student.steps < 2:
+            raise ValueError("rl.algorithm grpo needs a multi-step student (student.steps >= 2): a 1-step student has "
+                             "no stochastic transition to take log-probabilities of; use refl or dpo")
+        return self
+
+    @property
+    def rl_start(self) -> int:
+        return self.coldstart.steps if self.rl.start_step is None else self.rl.start_step

@@ -1,0 +1,1 @@
+"""Run machinery shared by the engines: checkpoints, logging, precision, optimizers, run folders."""

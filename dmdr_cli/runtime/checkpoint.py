@@ -1,0 +1,168 @@
+"""Checkpoints that are complete or absent, never half-written.
+
+A checkpoint is a folder `checkpoints/step-NNNNNN/`: written under a temporary name, flushed, then
+renamed (atomic on POSIX), after which `checkpoints/latest` (a one-line text file, replaced atomically)
+points at it. Weights and optimizer tensors are safetensors, everything else JSON: nothing in a run's
+own state is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import DmdrError
+
+PREFIX = "step-"
+
+
+def step_dir_name(step: int) -> str:
+    return f"{PREFIX}{step:06d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (temp file + replace)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (safetensors) and the rest (JSON)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}/{name}"] = value
+            else:
+                scalars[f"{idx}/{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
+                    tensors: dict[str, dict[str, torch.Tensor]], optimizers: dict[str, torch.optim.Optimizer],
+                    keep: int, fault_hook=None) -> Path:
+    """Write checkpoint `step` (files: recipe.yaml, state.json, <name>.safetensors, optim_<name>.*)."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".partial-{step_dir_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    hook = fault_hook or (lambda point: None)
+    try:
+        (tmp / "recipe.yaml").write_text(recipe_yaml)
+        for name, sd in tensors.items():
+            save_tensors(tmp / f"{name}.safetensors", sd)
+            hook(f"checkpoint-file-{name}")
+        for name, opt in optimizers.items():
+            t, meta = optimizer_to_files(opt)
+            save_tensors(tmp / f"optim_{name}.safetensors", t)
+            write_json(tmp / f"optim_{name}.json", meta)
+            hook(f"checkpoint-optim-{name}")
+        write_json(tmp / "state.json", {**state, "step": step})
+        _fsync_dir(tmp)
+        hook("checkpoint-before-rename")
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        hook("checkpoint-after-rename")
+        (root / ".latest.tmp").write_text(final.name + "\n")
+        os.replace(root / ".latest.tmp", root / "latest")
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DmdrError(f"could not write checkpoint {final} ({e.strerror or e}); the previous checkpoint is intact: "
+                        f"free space or fix permissions and --resume latest") from None
+    prune(root, keep)
+    return final
+
+
+def prune(root: Path, keep: int) -> None:
+    done = complete_checkpoints(root)
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for partial in root.glob(".partial-*"):  # left by a killed run
+        if not partial.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def resolve_checkpoint(spec: str, run_dir: Path) -> Path:
+    """`latest` (in the run folder), a run folder, or a checkpoint folder -> a complete checkpoint folder."""
+    if spec == "latest":
+        return latest_in(run_dir) or _missing(f"no complete checkpoint in {run_dir / 'checkpoints'} to resume from: "
+                                              f"drop --resume, or point output.dir at the run")
+    p = Path(spec)
+    if (p / "state.json").is_file():
+        return p
+    if p.name == "latest" and p.parent.is_dir():
+        return latest_in(p.parent.parent) or _missing(f"{p} names no complete checkpoint")
+    if (p / "checkpoints").is_dir():
+        return latest_in(p) or _missing(f"run folder {p} has no complete checkpoint")
+    return _missing(f"{spec!r} is not a dmdr checkpoint (no state.json): give a run folder, a checkpoint folder or 'latest'")
+
+
+def latest_in(run_dir: Path) -> Path | None:
+    root = run_dir / "checkpoints"
+    pointer = root / "latest"
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if (candidate / "state.json").is_file():
+            return candidate
+    done = complete_checkpoints(root) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def _missing(msg: str):
+    raise DmdrError(msg)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """{"state": state.json, "tensors": {name: dict}, "optim": {name: (tensors, meta)}, "recipe_yaml": str}."""
+    out = {"state": json.loads((path / "state.json").read_text()), "tensors": {}, "optim": {},
+           "recipe_yaml": (path / "recipe.yaml").read_text() if (path / "recipe.yaml").exists() else ""}
+    for f in path.glob("*.safetensors"):
+        if f.name.startswith("optim_"):
+            name = f.stem[len("optim_"):]
+            out["optim"][name] = (load_file(str(f)), json.loads((path / f"optim_{name}.json").read_text()))
+        else:
+            out["tensors"][f.stem] = load_file(str(f))
+    return out

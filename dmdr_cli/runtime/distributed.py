@@ -1,0 +1,46 @@
+"""Process group facts and gradient averaging, for one process or `accelerate launch` (DDP-style).
+
+Trainable weights are LoRA adapters on a shared frozen model, or full copies; instead of wrapping them
+in DDP (which cannot express "only the live adapter of this model"), the gradients of exactly the
+parameters being updated are all-reduced before each optimizer step: the same arithmetic as DDP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def create(cls) -> "Dist":
+        from accelerate import PartialState
+
+        state = PartialState()  # reads the env that accelerate launch / torchrun set; single process otherwise
+        return cls(rank=state.process_index, world_size=state.num_processes, device=torch.device(state.device))
+
+    def average_gradients(self, grads: list[torch.Tensor]) -> None:
+        if self.world_size == 1 or not grads:
+            return
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()

@@ -1,0 +1,90 @@
+"""What a run shows and records: a rich progress bar (main process), a JSONL log, TensorBoard if installed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class MetricsLog:
+    """Append-only JSONL (one object per logged step), mirrored to TensorBoard where available."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except Exception:  # tensorboard not installed: the JSONL log is the record
+                self.tb = None
+
+    def write(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time": round(time.time(), 3), **{k: _plain(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("step", "time") and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint so the log reads as one run."""
+        if not (self.enabled and self.path.exists()):
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    return v
+
+
+class StepProgress:
+    """Progress bar with the latest losses, it/s and ETA; silent on non-main processes."""
+
+    def __init__(self, total: int, start: int, console: Console, enabled: bool, title: str):
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn(f"[bold]{title}[/]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[losses]}"), console=console, disable=not enabled, transient=False,
+        )
+        self.task = self.progress.add_task(title, total=total, completed=start, rate="", losses="")
+        self.t0, self.start = time.perf_counter(), start
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, step: int, losses: dict) -> None:
+        if not self.enabled:
+            return
+        done = step - self.start
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        text = " ".join(f"{k}={v:.4g}" for k, v in losses.items() if isinstance(v, (int, float)))
+        self.progress.update(self.task, completed=step, rate=f"{rate:.2f} it/s", losses=text)
