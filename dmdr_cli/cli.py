@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -130,6 +131,105 @@ def recipe_reference():
     from .recipe.reference import reference_markdown
 
     sys.stdout.write(reference_markdown())
+
+
+class ExportFormat(str, Enum):
+    safetensors = "safetensors"
+    diffusers = "diffusers"
+    lora = "lora"
+    comfyui = "comfyui"
+
+
+class ExportDtype(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+@app.command(
+    "export",
+    help="Export a trained student for diffusers or ComfyUI, with a README.md model card giving the exact sampling "
+         "call.\n\n"
+         "Formats: safetensors (the denoiser's weights, one file), diffusers (a pipeline folder with a scheduler that "
+         "reproduces the student's sampler), lora (diffusers LoRA, for LoRA generators), comfyui (kohya-layout LoRA, "
+         "sdxl and sd3).\n\n"
+         "Examples:\n\n"
+         "  dmdr export runs/sdxl-4step --format diffusers --out exports/sdxl-4step\n\n"
+         "  dmdr export runs/sd3m/checkpoints/latest --format comfyui --out exports/sd3m-comfyui\n\n"
+         "  dmdr export runs/sd3m/checkpoints/step-004000 --format safetensors --dtype bf16 --out exports/sd3m",
+)
+@user_errors
+def export(
+    checkpoint: str = typer.Argument(..., help="A run folder, a checkpoint folder, or RUN/checkpoints/latest.",
+                                     show_default=False),
+    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="What to write.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to create (refused if it exists and is not empty).",
+                             show_default=False),
+    dtype: ExportDtype = typer.Option(ExportDtype.fp16, "--dtype", help="dtype of the written weights."),
+    merge_lora: Optional[bool] = typer.Option(
+        None, "--merge-lora/--no-merge-lora", show_default=False,
+        help="LoRA generators: merge into the denoiser (default for safetensors and diffusers) or keep the adapter "
+             "(safetensors only)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    copy_components: Optional[bool] = typer.Option(
+        None, "--copy-components/--reference-components", show_default=False,
+        help="diffusers format: copy the teacher's unchanged components into the folder (default), or write only "
+             "the denoiser and scheduler and load the rest from the teacher (see the model card)."),
+):
+    from .engines.export import run_export
+
+    run_export(checkpoint, fmt=fmt.value, out=out, dtype=dtype.value, merge_lora=merge_lora, overwrite=overwrite,
+               copy_components=copy_components, console=console)
+
+
+world_app = typer.Typer(help="The built-in shapes world: train its teacher and its world-clip reward on a CPU.",
+                        no_args_is_help=True)
+app.add_typer(world_app, name="world")
+
+
+@world_app.command(
+    "teacher",
+    help="Train the shapes world's teacher (pixel-space UNet + CLIP text encoder, from rendered scenes) and export "
+         "it as a StableDiffusionPipeline folder to model.pretrained, with train_log.jsonl and recipe.yaml. "
+         "Checkpoints go to output.dir; each is exported too.\n\n"
+         "Examples:\n\n"
+         "  dmdr world teacher recipes/world/teacher.yaml\n\n"
+         "  nohup dmdr world teacher recipes/world/teacher.yaml > teacher.log 2>&1 &\n\n"
+         "  dmdr world teacher recipes/world/teacher.yaml --resume latest\n\n"
+         "  dmdr world teacher recipes/world/teacher.yaml world.teacher.steps=20 model.pretrained=/tmp/t -o /tmp/t-run",
+)
+@user_errors
+def world_teacher(
+    recipe: Path = RecipeArg,
+    overrides: Optional[List[str]] = OverridesArg,
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue: 'latest' or a checkpoint folder."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Checkpoint folder (overrides output.dir)."),
+):
+    from .recipe import load_recipe
+
+    items = list(overrides or []) + ([f"output.dir={output}"] if output is not None else [])
+    cfg = load_recipe(recipe, items)
+    from .world.teacher import train_teacher
+
+    train_teacher(cfg, resume=resume, console=console)
+
+
+@world_app.command(
+    "reward",
+    help="Train world-clip, the shapes world's CLIP-like reward (InfoNCE on rendered scenes and their prompts), and "
+         "write it to world.reward.out with a blind-spot report (probe.json).\n\n"
+         "Examples:\n\n"
+         "  dmdr world reward recipes/world/reward.yaml\n\n"
+         "  dmdr world reward recipes/world/reward.yaml world.reward.steps=50 world.reward.out=/tmp/world-clip",
+)
+@user_errors
+def world_reward(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg):
+    from .recipe import load_recipe
+
+    cfg = load_recipe(recipe, list(overrides or []))
+    from .world.reward_train import train_reward
+
+    train_reward(cfg, console=console)
 
 
 def main():

@@ -29,9 +29,10 @@ def dmd_loss(x0_g: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, *
     L = 0.5 * mean((x0_g - stopgrad(x0_g - grad))^2), so dL/dx0_g = grad / x0_g.numel().
 
     The per-sample normaliser makes the step size independent of how far the sample is from the
-    teacher's estimate (DMD's weighting w_t, Yin et al. 2024). Everything runs in fp32 whatever the inputs' dtype. Non-finite
-    entries of the score estimates (a diverged fake score, an fp16 overflow) contribute no gradient and
-    are counted in the stats; a non-finite `x0_g` is left to surface as a non-finite loss.
+    teacher's estimate (DMD's weighting w_t, Yin et al. 2024). Everything runs in fp32 whatever the
+    inputs' dtype. Non-finite entries of the score estimates (a diverged fake score, an fp16 overflow)
+    contribute no gradient and are counted in the stats; a non-finite `x0_g` is left to surface as a
+    non-finite loss.
 
     Returns (loss, stats); the stats are detached 0-dim tensors (no host sync here): dmd_loss,
     dmd_grad_norm (mean per-sample L2 norm of grad), dmd_normalizer (mean divisor), dmd_nonfinite

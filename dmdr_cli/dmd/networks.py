@@ -56,9 +56,14 @@ class AdapterSwitch:
 
 def add_lora(model: torch.nn.Module, name: str, rank: int, alpha: float, targets: list[str]) -> list[torch.nn.Parameter]:
     """Attach a LoRA adapter (fp32 weights, B = 0 so it starts as a no-op) and return its parameters."""
+    import warnings
+
     from peft import LoraConfig
 
-    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True), adapter_name=name)
+    with warnings.catch_warnings():  # a second adapter on one model is the point here, not an accident
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True),
+                          adapter_name=name)
     params = []
     for pname, p in model.named_parameters():
         if f".{name}." in pname and "lora_" in pname:
@@ -175,6 +180,9 @@ def build_networks(teacher: torch.nn.Module, cfg, family_cls) -> ScoreNetworks:
         generator_switch = None
         guidance_switch = AdapterSwitch(teacher) if fake_full is None else None
 
+    # diffusers' add_adapter makes only the newest adapter trainable; both of ours train (on their own losses)
+    for p in generator_params + fake_params:
+        p.requires_grad_(True)
     return ScoreNetworks(generator=generator, guidance=teacher, fake_full=fake_full,
                          generator_params=generator_params, fake_params=fake_params,
                          generator_switch=generator_switch, guidance_switch=guidance_switch,

@@ -24,11 +24,11 @@ from ..runtime.monitor import MetricsLog, StepProgress
 from ..runtime.precision import autocast_dtype, frozen_dtype, make_optimizer, setup_backends
 from ..runtime.rundir import RunFolder
 from ..dmd.networks import build_networks
-from ..dmd.randomness import StepRandomness
+from ..dmd.randomness import StepRandomness, key_seed
 from ..dmd.step import StepContext, dmd_generator_loss, fake_score_step_loss, generator_sample
 from ..dmd.validation import save_sample_grid
 from ..dmd.init_weights import apply_init
-from ..rl import build_rl_branch
+from ..rl.branch import build_rl_branch
 
 
 class NonFiniteGuard:
@@ -81,7 +81,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     from ..families import FAMILIES, load_family
 
     rl_branch = build_rl_branch(cfg, device, stage)  # rewards load (and fail) before the teacher
-    family = load_family(cfg.model, device=device, dtype=frozen_dtype(cfg.model.dtype, device))
+    family = load_family(cfg.model, device=device, dtype=frozen_dtype(cfg.model.dtype, device),
+                         uncond_mode=cfg.guidance.uncond)
     all_prompts = sorted(set(prompts) | set(val_prompts))
     with console.status("encoding prompts") if dist.is_main else _null():
         conds = encode_all(family, all_prompts, device)
@@ -92,7 +93,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     teacher = family.denoiser
     if cfg.train.gradient_checkpointing:
         teacher.enable_gradient_checkpointing()
-    nets = build_networks(teacher, cfg, FAMILIES[cfg.model.family])
+    with torch.random.fork_rng(devices=[]):  # LoRA A matrices are random: seed them from the recipe alone
+        torch.manual_seed(key_seed(cfg.train.seed, "lora-init"))
+        nets = build_networks(teacher, cfg, FAMILIES[cfg.model.family])
     if cfg.train.gradient_checkpointing and nets.generator is not teacher:
         nets.generator.enable_gradient_checkpointing()
     opt_g = make_optimizer(nets.generator_params, cfg.train.lr_generator, cfg.train, device)
@@ -102,7 +105,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
 
     start = 0
     if resume_from is not None:
-        start = restore(resume_from, nets, {"generator": opt_g, "fake": opt_f})
+        start = restore(resume_from, nets, {"generator": opt_g, "fake": opt_f}, rl_branch)
         console.print(f"resuming from {resume_from} at generator step {start}")
     elif init:
         start = apply_init(init, nets)
@@ -114,8 +117,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     sampler = cfg.student.sampler if cfg.student.sampler != "auto" else family.default_sampler
     ctx = StepContext(family=family, nets=nets, cfg=cfg, device=device,
                       amp_dtype=autocast_dtype(cfg.train.mixed_precision, device),
-                      student_times=family.student_times(cfg.student.steps, cfg.student.timesteps,
-                                                         shift=cfg.student.flow_shift),
+                      student_times=family.times_for(cfg.student),
                       sampler=sampler, uncond=uncond.to(device))
 
     # ---- the run folder is created only now: bad input above leaves nothing behind ----------------
@@ -139,8 +141,11 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
 
     def save(k: int):
         if dist.is_main:
+            tensors = nets.trainable_state()
+            if rl_branch is not None and rl_branch.state():
+                tensors["rl_reference"] = rl_branch.state()
             ckpt.save_checkpoint(run.path, k, recipe_yaml=to_yaml(cfg), state=run_state(cfg, stage, nets),
-                                 tensors=nets.trainable_state(), optimizers={"generator": opt_g, "fake": opt_f},
+                                 tensors=tensors, optimizers={"generator": opt_g, "fake": opt_f},
                                  keep=cfg.train.keep_checkpoints, fault_hook=fault_point)
         dist.barrier()
 
@@ -179,6 +184,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     ok, norm = apply_update(nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g,
                                             "DMD/RL generator" if rl_on else "DMD generator", stats["generator_loss"])
                     stats["generator_grad_norm"], stats["generator_skipped"] = norm, int(not ok)
+                    if rl_on and ok:
+                        rl_branch.extra_updates(ctx, lambda extra_loss: apply_update(
+                            nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g, "RL", extra_loss))
                 ok, norm = apply_update(nets.fake_params, opt_f, cfg.train.grad_clip, dist, guard_f,
                                         "fake-score", fake_losses[-1])
                 stats["fake_grad_norm"] = norm
@@ -233,10 +241,12 @@ def run_state(cfg: Recipe, stage: str, nets) -> dict:
             "student_steps": cfg.student.steps}
 
 
-def restore(path: Path, nets, optimizers: dict) -> int:
+def restore(path: Path, nets, optimizers: dict, rl_branch) -> int:
     data = ckpt.load_checkpoint(path)
     nets.load_generator_state(data["tensors"]["generator"])
     nets.load_fake_state(data["tensors"]["fake"])
+    if rl_branch is not None:
+        rl_branch.load_state(data["tensors"].get("rl_reference", {}))
     for name, opt in optimizers.items():
         if name in data["optim"]:
             ckpt.optimizer_from_files(opt, *data["optim"][name])

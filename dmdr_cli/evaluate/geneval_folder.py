@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from ..errors import DmdrError
-from .geneval_prompts import validate_metadata
+from .geneval_prompts import GENEVAL_VOCABULARY, Vocabulary, validate_metadata
 from .geneval_score import ColorClassifier, Detection, score_image
 
 Detector = Callable[[Image.Image], list[Detection]]
@@ -29,6 +29,7 @@ _SAMPLE_NAME = re.compile(r"\d+\.png")
 @dataclass(frozen=True)
 class PromptEntry:
     index: int
+    folder: Path
     metadata: dict
     samples: tuple[Path, ...]
 
@@ -62,13 +63,17 @@ def save_samples(root: str | Path, index: int, images: Sequence[Image.Image]) ->
     return paths
 
 
-def read_prompt_folders(root: str | Path) -> list[PromptEntry]:
+def _number(path: Path) -> int:
+    return int(path.name.split(".")[0])
+
+
+def read_prompt_folders(root: str | Path, vocabulary: Vocabulary = GENEVAL_VOCABULARY) -> list[PromptEntry]:
     """Every prompt folder under `root`, in index order, with validated metadata and sorted sample paths."""
     base = Path(root)
     if not base.is_dir():
         raise DmdrError(f"GenEval image folder {str(base)!r} does not exist")
     entries = []
-    for folder in sorted((p for p in base.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+    for folder in sorted((p for p in base.iterdir() if p.is_dir() and p.name.isdigit()), key=_number):
         meta_path = folder / "metadata.jsonl"
         if not meta_path.is_file():
             raise DmdrError(f"GenEval prompt folder {str(folder)!r} has no metadata.jsonl")
@@ -76,23 +81,22 @@ def read_prompt_folders(root: str | Path) -> list[PromptEntry]:
             record = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DmdrError(f"GenEval metadata {meta_path}: is not one valid JSON object ({e})") from None
-        samples_dir = folder / "samples"
-        samples = sorted(p for p in samples_dir.glob("*.png") if _SAMPLE_NAME.fullmatch(p.name)) \
-            if samples_dir.is_dir() else []
-        entries.append(PromptEntry(int(folder.name), validate_metadata(record, str(meta_path)), tuple(samples)))
+        metadata = validate_metadata(record, str(meta_path), vocabulary)
+        samples = [p for p in (folder / "samples").glob("*.png") if _SAMPLE_NAME.fullmatch(p.name)]
+        entries.append(PromptEntry(int(folder.name), folder, metadata, tuple(sorted(samples, key=_number))))
     if not entries:
         raise DmdrError(f"GenEval image folder {str(base)!r} has no prompt folders (00000/, 00001/, ...)")
     return entries
 
 
-def evaluate_folder(root: str | Path, detect: Detector,
-                    color_classifier: ColorClassifierFactory | None = None) -> list[dict]:
+def evaluate_folder(root: str | Path, detect: Detector, color_classifier: ColorClassifierFactory | None = None,
+                    vocabulary: Vocabulary = GENEVAL_VOCABULARY) -> list[dict]:
     """Score every sample: one {"filename", "tag", "prompt", "correct", "reason"} record per image, ready
     for `geneval_score.summarize`. A prompt folder without samples is an error, not a silent skip."""
     results = []
-    for entry in read_prompt_folders(root):
+    for entry in read_prompt_folders(root, vocabulary):
         if not entry.samples:
-            raise DmdrError(f"GenEval prompt folder {str(prompt_folder(root, entry.index))!r} has no samples "
+            raise DmdrError(f"GenEval prompt folder {str(entry.folder)!r} has no samples "
                             f"(samples/0000.png, ...)")
         for path in entry.samples:
             # The official scorer applies EXIF orientation before cropping colour patches.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,8 @@ CLASSES: tuple[str, ...] = (
     "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock",
     "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
+# COCO's own names for the renamed three, as detectors trained on COCO label them.
+COCO_RENAMES = {"mouse": "computer mouse", "remote": "tv remote", "keyboard": "computer keyboard"}
 COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
@@ -46,6 +49,17 @@ TASKS: tuple[str, ...] = tuple(TASK_COUNTS)
 OFFICIAL_SEED = 43
 
 PluralStyle = Literal["english", "official"]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The classes and colours metadata may name: GenEval's, or another benchmark's in GenEval's format
+    (the shapes world reuses the format and the scorer with its own classes and colours)."""
+    classes: tuple[str, ...]
+    colors: tuple[str, ...]
+
+
+GENEVAL_VOCABULARY = Vocabulary(CLASSES, COLORS)
 
 # English plurals that a suffix rule gets wrong, keyed by the last word of a class name.
 _IRREGULAR_PLURALS = {
@@ -167,11 +181,14 @@ def _fail(where: str, what: str) -> DmdrError:
 
 
 def _suggest(value: object, choices: tuple[str, ...]) -> str:
+    if isinstance(value, str) and value in COCO_RENAMES and COCO_RENAMES[value] in choices:
+        return f" (did you mean {COCO_RENAMES[value]!r}?)"
     close = difflib.get_close_matches(str(value), choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_requirement(req: object, field: str, index: int, allowed: set[str], where: str) -> dict:
+def _check_requirement(req: object, field: str, index: int, allowed: set[str], vocabulary: Vocabulary,
+                       where: str) -> dict:
     name = f"{field}[{index}]"
     if not isinstance(req, dict):
         raise _fail(where, f"{name} must be an object like {{\"class\": \"dog\", \"count\": 1}}")
@@ -179,15 +196,16 @@ def _check_requirement(req: object, field: str, index: int, allowed: set[str], w
     if unknown:
         raise _fail(where, f"{name} has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
     cls = req.get("class")
-    if cls not in CLASSES:
-        raise _fail(where, f"{name}.class {cls!r} is not one of GenEval's 80 classes{_suggest(cls, CLASSES)}")
+    if cls not in vocabulary.classes:
+        raise _fail(where, f"{name}.class {cls!r} is not one of the {len(vocabulary.classes)} known classes"
+                           f"{_suggest(cls, vocabulary.classes)}")
     count = req.get("count")
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise _fail(where, f"{name}.count must be a positive integer, got {count!r}")
     out = {"class": cls, "count": count}
     if "color" in req:
-        if req["color"] not in COLORS:
-            raise _fail(where, f"{name}.color {req['color']!r} is not one of {list(COLORS)}")
+        if req["color"] not in vocabulary.colors:
+            raise _fail(where, f"{name}.color {req['color']!r} is not one of {list(vocabulary.colors)}")
         out["color"] = req["color"]
     if "position" in req:
         pos = req["position"]
@@ -203,7 +221,7 @@ def _check_requirement(req: object, field: str, index: int, allowed: set[str], w
     return out
 
 
-def validate_metadata(record: object, where: str) -> dict:
+def validate_metadata(record: object, where: str, vocabulary: Vocabulary = GENEVAL_VOCABULARY) -> dict:
     """Check one GenEval metadata record; return a normalised copy or raise DmdrError naming `where`."""
     if not isinstance(record, dict):
         raise _fail(where, f"must be a JSON object, got {type(record).__name__}")
@@ -219,13 +237,14 @@ def validate_metadata(record: object, where: str) -> dict:
     include = record.get("include")
     if not isinstance(include, list) or not include:
         raise _fail(where, "include must be a non-empty list of {class, count, ...} objects")
-    out = {"tag": tag, "include": [_check_requirement(r, "include", i, _INCLUDE_KEYS, where)
+    out = {"tag": tag, "include": [_check_requirement(r, "include", i, _INCLUDE_KEYS, vocabulary, where)
                                    for i, r in enumerate(include)]}
     if "exclude" in record:
         exclude = record["exclude"]
         if not isinstance(exclude, list):
             raise _fail(where, "exclude must be a list of {class, count} objects")
-        out["exclude"] = [_check_requirement(r, "exclude", i, _EXCLUDE_KEYS, where) for i, r in enumerate(exclude)]
+        out["exclude"] = [_check_requirement(r, "exclude", i, _EXCLUDE_KEYS, vocabulary, where)
+                          for i, r in enumerate(exclude)]
     out["prompt"] = prompt
     return out
 

@@ -40,7 +40,8 @@ def kept_detections(detections: Iterable[Detection], tag: str) -> dict[str, list
 def relative_position(box_a: Sequence[float], box_b: Sequence[float]) -> set[str]:
     """Relations of box A to box B. Each axis's centre offset is shrunk by 0.1 x (sum of the two boxes'
     extents on that axis) so that overlapping or adjacent objects relate to nothing; the shrunk offset,
-    divided by the unshrunk offset's length, must exceed 0.5 on an axis (about 30 degrees off the axis)."""
+    divided by the unshrunk offset's length, must exceed 0.5 on an axis (within 60 degrees of it, so a
+    diagonal offset holds two relations)."""
     a = np.asarray(box_a[:4], dtype=np.float64).reshape(2, 2)
     b = np.asarray(box_b[:4], dtype=np.float64).reshape(2, 2)
     offset = a.mean(axis=0) - b.mean(axis=0)
@@ -59,6 +60,11 @@ def relative_position(box_a: Sequence[float], box_b: Sequence[float]) -> set[str
     if dy > 0.5:
         relations.add("below")
     return relations
+
+
+def _color_order(color: str) -> tuple[int, str]:
+    """GenEval's colour order first (as its reasons list them), then any other colour by name."""
+    return (COLORS.index(color) if color in COLORS else len(COLORS), color)
 
 
 def _colors_of(dets: Sequence[Detection], classname: str, classify: ColorClassifier | None) -> list[str]:
@@ -88,7 +94,7 @@ def score_image(metadata: Mapping, detections: Iterable[Detection],
             hits = colors.count(req["color"])
             if hits < count:
                 matched = False
-                others = ", ".join(f"{colors.count(c)} {c}" for c in COLORS if c in colors)
+                others = ", ".join(f"{colors.count(c)} {c}" for c in sorted(set(colors), key=_color_order))
                 reasons.append(f"expected {req['color']} {cls}>={count}, found {hits} {req['color']}; and {others}")
         if matched and "position" in req:
             relation, target = req["position"]
@@ -113,7 +119,8 @@ def _check_position(found: list[Detection], targets: list[Detection] | None, cls
         for target in targets:
             actual = relative_position(det["box"], target["box"])
             if relation not in actual:
-                return False, f"expected {cls} {relation} target, found {' and '.join(sorted(actual)) or 'no relation'}"
+                found = " and ".join(sorted(actual)) or "no relation"
+                return False, f"expected {cls} {relation} target, found {found} target"
     return True, ""
 
 

@@ -1,0 +1,49 @@
+"""Model-family adapters behind one interface (`Family`), looked up by the recipe's `model.family`.
+
+Importing this package is cheap (torch only): the adapters import diffusers and transformers inside
+their loading code, when a model is actually loaded, so `dmdr --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ModelLoadError
+from .base import Components, Cond, Family, Guidance
+from .sd import SDFamily
+from .sd3 import SD3Family
+from .sdxl import SDXLFamily
+
+FAMILIES: dict[str, type[Family]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family}
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def family_class(name: str) -> type[Family]:
+    if name not in FAMILIES:
+        raise ModelLoadError(f"model.family: unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def default_dtype(recipe_dtype: str, device) -> torch.dtype:
+    """The recipe's dtype on accelerators; CPU always computes in fp32 (model.dtype's documented rule)."""
+    return torch.float32 if torch.device(device).type == "cpu" else _DTYPES[recipe_dtype]
+
+
+def load_family(model_cfg, *, device="cpu", dtype: torch.dtype | None = None, with_text_encoders: bool = True,
+                with_vae: bool = True, uncond_mode: str = "empty_prompt") -> Family:
+    """Load the teacher of `model_cfg` (recipe.model) with the adapter its `family` names.
+
+    `dtype` None: `model_cfg.dtype` on accelerators, fp32 on CPU. `uncond_mode` is recipe.guidance.uncond.
+    """
+    cls = family_class(model_cfg.family)
+    if dtype is None:
+        dtype = default_dtype(getattr(model_cfg, "dtype", "fp32"), device)
+    family = cls.load(model_cfg, device=device, dtype=dtype, with_text_encoders=with_text_encoders,
+                      with_vae=with_vae)
+    family.uncond_mode = uncond_mode
+    return family
+
+
+__all__ = ["FAMILIES", "Components", "Cond", "Family", "Guidance", "SDFamily", "SDXLFamily", "SD3Family",
+           "default_dtype", "family_class", "load_family"]

@@ -75,6 +75,15 @@ class Components:
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 
 
+def explicit_times(override: list[float] | None, n_steps: int) -> list[float] | None:
+    """A recipe's `student.timesteps` as floats, checked against the step count (None: family default)."""
+    if override is None:
+        return None
+    if len(override) != n_steps:
+        raise ValueError(f"{len(override)} student times given for a {n_steps}-step student")
+    return [float(t) for t in override]
+
+
 def tokenize(tokenizer, prompts: list[str], max_length: int):
     """input_ids (and attention_mask) padded and truncated to `max_length`, as the diffusers pipelines do."""
     return tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
@@ -166,13 +175,17 @@ class Family(ABC):
 
     # ---- students -------------------------------------------------------------------------------
     @abstractmethod
-    def student_times(self, n_steps: int, override: list[float] | None = None) -> list[float]:
-        """Times t in [0, 1] of an n-step student, first = the one fed pure noise."""
+    def student_times(self, n_steps: int, override: list[float] | None = None, *,
+                      shift: float | None = None) -> list[float]:
+        """Times t in [0, 1] of an n-step student, first = the one fed pure noise.
+
+        `shift` (recipe student.flow_shift) matters to flow families only; None = the scheduler's.
+        """
         ...
 
     def times_for(self, student) -> list[float]:
-        """Student times from a recipe's `student` section (steps, timesteps; families may read more)."""
-        return self.student_times(student.steps, student.timesteps)
+        """Student times from a recipe's `student` section (steps, timesteps, flow_shift)."""
+        return self.student_times(student.steps, student.timesteps, shift=getattr(student, "flow_shift", None))
 
     def noise(self, batch: int, height: int, width: int, generator: torch.Generator | None = None,
               device="cpu") -> torch.Tensor:
@@ -189,6 +202,13 @@ class Family(ABC):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> latents (mean of the posterior); the inverse of `decode`."""
         ...
+
+    def _vae(self, vae: torch.nn.Module | None = None) -> torch.nn.Module:
+        """`vae` if given (e.g. a TAESD decoder for ReFL), else the loaded one."""
+        vae = vae if vae is not None else self.components.vae
+        if vae is None:
+            raise RuntimeError(f"{self.name}: the VAE is not loaded (with_vae=False): load it or pass vae=")
+        return vae
 
     # ---- LoRA -----------------------------------------------------------------------------------
     generator_lora_targets: ClassVar[list[str]]

@@ -11,6 +11,7 @@ Every problem the user can fix (wrong path, wrong family, incomplete download) b
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from dataclasses import dataclass
@@ -68,8 +69,7 @@ class PipelineSource:
         if library not in ("diffusers", "transformers"):
             raise ModelLoadError(f"{self.pretrained}: {component} comes from library {library!r}; dmdr loads "
                                  f"diffusers and transformers components only")
-        module = __import__(library)
-        cls = getattr(module, class_name, None)
+        cls = getattr(importlib.import_module(library), class_name, None)
         if cls is None:
             raise ModelLoadError(f"{self.pretrained}: {component} is a {library}.{class_name}, which the installed "
                                  f"{library} does not provide; upgrade {library}")
@@ -109,18 +109,21 @@ class PipelineSource:
         if not file.is_file():
             raise ModelLoadError(f"model.single_file: {path} does not exist: point it at the fine-tune's "
                                  f".safetensors file, or remove model.single_file to use {self.pretrained} as is")
+        from diffusers.loaders.single_file_utils import SingleFileComponentError
+
         self.require(component)
         cls, _ = self._class(component)
         try:
             model = cls.from_single_file(str(file), config=self.pretrained, subfolder=component,
                                          revision=self.revision, torch_dtype=dtype)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+        except (SingleFileComponentError, OSError, ValueError, KeyError, RuntimeError) as err:
             raise ModelLoadError(f"could not load {path} as the {component} of {self.pretrained}: "
                                  f"{_first_line(err)}") from err
         missing = [name for name, p in model.named_parameters() if p.is_meta]
         if missing:
-            raise ModelLoadError(f"{path} lacks {len(missing)} {component} weights (e.g. {missing[0]}): it is not a "
-                                 f"checkpoint of the model in {self.pretrained}; check model.family and model.pretrained")
+            raise ModelLoadError(f"{path} lacks {len(missing)} {component} weights (e.g. {missing[0]}): it is not "
+                                 f"a checkpoint of the model in {self.pretrained}; check model.family and "
+                                 f"model.pretrained")
         return model
 
 
@@ -138,7 +141,7 @@ def resolve_pipeline(model_cfg, family: str) -> PipelineSource:
         raise ModelLoadError(
             f"model.pretrained: {pretrained} is a file, not a pipeline folder: set model.single_file to it and "
             f"point model.pretrained at the diffusers folder (or hub id) of its base model")
-    elif _HUB_ID.match(pretrained) and not pretrained.startswith((".", "~")):
+    elif _HUB_ID.match(pretrained):
         index, local = _hub_model_index(pretrained, revision), False
     else:
         raise ModelLoadError(

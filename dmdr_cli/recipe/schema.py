@@ -190,6 +190,105 @@ class OutputSection(Section):
     dir: str = Field("runs/dmdr", description="Run folder: checkpoints, logs, grids, resolved recipe.")
 
 
+class WorldTeacherSection(Section):
+    """`dmdr world teacher`: the built-in world's pixel-space teacher (UNet + CLIP text encoder, from scratch)."""
+
+    steps: int = Field(2000, ge=1, le=1_000_000, description="Training steps (one batch each).")
+    batch_size: int = Field(32, ge=1, le=1024, description="Images per step.")
+    lr: float = Field(1e-3, gt=0, le=1, description="Peak AdamW learning rate (UNet and text encoder alike).")
+    warmup_steps: int = Field(100, ge=0, le=100_000, description="Linear learning-rate warm-up steps.")
+    final_lr_fraction: float = Field(
+        0.05, ge=0, le=1, description="Cosine decay ends at this fraction of `lr` (1: constant after warm-up).")
+    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, ge=0, le=1000, description="Max gradient norm (0: no clipping).")
+    ema_decay: float = Field(
+        0.998, ge=0, lt=1, description="EMA of the weights that get exported (0: export the raw weights).")
+    min_snr_gamma: float = Field(
+        5.0, ge=0, le=1000, description="Min-SNR loss weighting min(SNR, gamma) / SNR of the eps loss (0: plain MSE).")
+    prompt_dropout: float = Field(
+        0.1, ge=0, le=1, description="Fraction of prompts replaced by \"\" so the teacher learns the unconditional "
+                                     "score for CFG.")
+    dense_fraction: float = Field(
+        0.2, ge=0, le=1, description="Fraction of each batch drawn from the dense (DPG-style) training prompts; the "
+                                     "rest are GenEval-style prompts in GenEval's task proportions.")
+    beta_schedule: Literal["linear", "scaled_linear"] = Field(
+        "linear", description="DDPM betas over 1000 steps: linear (1e-4 .. 0.02, ends near zero SNR) or SD's "
+                              "scaled_linear (0.00085 .. 0.012, leaves 7% of the signal at t = 999).")
+    channels: list[int] = Field(
+        [32, 64, 64], min_length=2, max_length=4,
+        description="UNet block widths, one level per entry (each a multiple of 8, 8 to 512); every level but the "
+                    "first has cross-attention to the prompt.")
+    layers_per_block: int = Field(1, ge=1, le=4, description="ResNet layers per UNet level.")
+    attention_heads: int = Field(8, ge=1, le=64, description="Attention heads per UNet transformer block.")
+    text_width: int = Field(64, ge=8, le=1024, description="Text encoder width (= the UNet's cross-attention width).")
+    text_layers: int = Field(2, ge=1, le=24, description="Text encoder transformer layers.")
+    text_heads: int = Field(4, ge=1, le=64, description="Text encoder attention heads.")
+    max_tokens: int = Field(64, ge=16, le=512, description="Prompt length in tokens (dense world prompts need 51).")
+    seed: int = Field(0, ge=0, description="Seed of the initial weights, the scenes, the noise and the dropout.")
+    threads: int = Field(
+        1, ge=0, le=256, description="CPU threads for torch (0: torch's default). One thread per run is fastest on a "
+                                     "shared machine: two oversubscribed threads ran 5x slower there.")
+    log_every: int = Field(10, ge=1, le=100_000, description="Steps between JSONL log lines.")
+    checkpoint_every: int = Field(
+        200, ge=0, le=1_000_000, description="Steps between checkpoints in output.dir, each also exported to "
+                                             "model.pretrained (0: only at the end).")
+    eval_prompts: int = Field(
+        0, ge=0, le=5000, description="World-GenEval prompts sampled after training (sample.steps, CFG sample.cfg or "
+                                      "guidance.scale); 0: no evaluation.")
+
+    @model_validator(mode="after")
+    def _widths(self):
+        for width in self.channels:
+            if width % 8 or not 8 <= width <= 512:
+                raise ValueError(f"channels: each width must be a multiple of 8 between 8 and 512, not {width}")
+            if width % self.attention_heads:
+                raise ValueError(f"channels: width {width} does not split into {self.attention_heads} attention heads")
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_width {self.text_width} does not split into {self.text_heads} heads")
+        return self
+
+
+class WorldRewardSection(Section):
+    """`dmdr world reward`: world-clip, a small CLIP-like image-text model trained contrastively."""
+
+    out: str = Field("dmdr_cli/world/weights/reward", description="Folder the trained reward is written to.")
+    steps: int = Field(800, ge=1, le=1_000_000, description="Training steps (one batch each).")
+    batch_size: int = Field(96, ge=2, le=4096, description="Image-prompt pairs per step (the in-batch negatives).")
+    lr: float = Field(2e-3, gt=0, le=1, description="Peak AdamW learning rate.")
+    warmup_steps: int = Field(50, ge=0, le=100_000, description="Linear learning-rate warm-up steps.")
+    weight_decay: float = Field(0.05, ge=0, le=1, description="AdamW weight decay.")
+    embed_dim: int = Field(64, ge=8, le=1024, description="Width of the shared image-text embedding.")
+    image_channels: list[int] = Field(
+        [32, 64, 96], min_length=1, max_length=5,
+        description="Image tower: one 3x3 conv stage per entry, each after the first halving the resolution.")
+    text_width: int = Field(64, ge=8, le=1024, description="Text tower width.")
+    text_layers: int = Field(2, ge=1, le=24, description="Text tower transformer layers.")
+    text_heads: int = Field(4, ge=1, le=64, description="Text tower attention heads.")
+    max_tokens: int = Field(64, ge=16, le=512, description="Prompt length in tokens.")
+    dense_fraction: float = Field(0.2, ge=0, le=1, description="Fraction of each batch drawn from dense prompts.")
+    seed: int = Field(0, ge=0, description="Seed of the weights and the training scenes.")
+    threads: int = Field(1, ge=0, le=256, description="CPU threads for torch (0: torch's default).")
+    log_every: int = Field(10, ge=1, le=100_000, description="Steps between JSONL log lines.")
+    probe_prompts: int = Field(
+        300, ge=0, le=100_000, description="Held-out prompts per task for the blind-spot report written next to the "
+                                           "weights (0: none).")
+
+    @model_validator(mode="after")
+    def _widths(self):
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_width {self.text_width} does not split into {self.text_heads} heads")
+        if any(not 8 <= c <= 512 for c in self.image_channels):
+            raise ValueError(f"image_channels must each be between 8 and 512, not {self.image_channels}")
+        return self
+
+
+class WorldSection(Section):
+    teacher: WorldTeacherSection = Field(default_factory=WorldTeacherSection,
+                                         description="Training the built-in world's teacher.")
+    reward: WorldRewardSection = Field(default_factory=WorldRewardSection,
+                                       description="Training the built-in world's world-clip reward.")
+
+
 class Recipe(Section):
     """A dmdr recipe."""
 
@@ -203,6 +302,7 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection, description="Optimisation and run machinery.")
     sample: SampleSection = Field(default_factory=SampleSection, description="Defaults for `dmdr sample`.")
     output: OutputSection = Field(default_factory=OutputSection, description="Where results go.")
+    world: WorldSection = Field(default_factory=WorldSection, description="The built-in shapes world: its teacher and reward (dmdr world ...).")
 
     @model_validator(mode="after")
     def _cross_checks(self):

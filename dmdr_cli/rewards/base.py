@@ -35,11 +35,14 @@ class Reward(torch.nn.Module, ABC):
     image_std: tuple[float, ...] = OPENAI_CLIP_STD
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
+    source: str = "in-memory model"  # where the weights came from, for messages and reports
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         prompts = _as_prompt_list(prompts)
         _check_images(images, len(prompts))
-        scores = self._score(images.to(self.device), prompts)
+        if next(self.parameters(), None) is not None:  # a parameter-free custom function runs where images are
+            images = images.to(self.device)
+        scores = self._score(images, prompts)
         _check_scores(scores, len(prompts), self.describe())
         return scores.float()
 
@@ -54,7 +57,7 @@ class Reward(torch.nn.Module, ABC):
         return pixels.to(self.dtype)
 
     def describe(self) -> str:
-        return f"reward {self.name!r}"
+        return f"reward {self.name!r} ({self.source})"
 
     # --- frozen-judge machinery -------------------------------------------------------------------
 
@@ -104,8 +107,8 @@ def _as_prompt_list(prompts: Sequence[str]) -> list[str]:
 
 def _check_images(images: torch.Tensor, batch: int) -> None:
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise TypeError(f"images must be a float tensor in [0, 1], got {type(images).__name__}"
-                        f"{'' if not isinstance(images, torch.Tensor) else ' of dtype ' + str(images.dtype)}")
+        found = f"a {images.dtype} tensor" if isinstance(images, torch.Tensor) else f"a {type(images).__name__}"
+        raise TypeError(f"images must be a float tensor in [0, 1], got {found}")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
     if images.shape[0] != batch:

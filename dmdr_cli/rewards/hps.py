@@ -37,4 +37,4 @@ class HPSReward(OpenClipCosineReward):
                             get_it=f"the Hugging Face repo {HPS_REPO}", setting=f"{key}.path")
         model = build_open_clip(arch)
         load_into(model, load_state_dict(file), file, f"open_clip {arch} (HPS{version})")
-        return cls(model, open_clip_tokenizer(arch), image_input_of(model), source=str(file))
+        return cls(model, open_clip_tokenizer(arch), image_input_of(model.visual), source=str(file))

@@ -9,6 +9,7 @@ found by `weights.resolve_file`, so a missing file gets a one-line, actionable e
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -44,7 +45,18 @@ def build_open_clip(arch: str, *, quick_gelu: bool = False) -> torch.nn.Module:
         close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ModelLoadError(f"open_clip has no architecture {arch!r}{hint}")
-    return open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu, pretrained_text=False)
+    # open_clip warns on the root logger that the model is random; the caller loads weights right after,
+    # so that warning would only mislead users reading the log.
+    root = logging.getLogger()
+    root.addFilter(_drop_random_init_warning)
+    try:
+        return open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu, pretrained_text=False)
+    finally:
+        root.removeFilter(_drop_random_init_warning)
+
+
+def _drop_random_init_warning(record: logging.LogRecord) -> bool:
+    return "initialized randomly" not in record.getMessage()
 
 
 def open_clip_tokenizer(arch: str) -> Tokenizer:
@@ -53,8 +65,9 @@ def open_clip_tokenizer(arch: str) -> Tokenizer:
     return open_clip.get_tokenizer(arch)
 
 
-def image_input_of(model: torch.nn.Module, pretrained_cfg: dict[str, Any] | None = None) -> ImageInput:
-    size = model.visual.image_size
+def image_input_of(visual: torch.nn.Module, pretrained_cfg: dict[str, Any] | None = None) -> ImageInput:
+    """The input an open_clip image tower expects: its own size, the tag's normalisation and resize mode."""
+    size = visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     cfg = pretrained_cfg or {}
     return ImageInput(size=int(size), mean=tuple(cfg.get("mean", OPENAI_CLIP_MEAN)),
@@ -78,7 +91,7 @@ def load_open_clip(arch: str, *, tag: str | None, path: str | None, setting: str
     file = resolve_file(path, names, default_repo=default_repo, get_it=get_it, setting=setting)
     model = build_open_clip(arch, quick_gelu=bool(cfg.get("quick_gelu", False)))
     load_into(model, load_state_dict(file), file, f"open_clip {arch}")
-    return model, image_input_of(model, cfg)
+    return model, image_input_of(model.visual, cfg)
 
 
 def _hub_location(cfg: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
@@ -101,7 +114,7 @@ class OpenClipCosineReward(ClipSimilarityReward):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        spec = image_input or image_input_of(model)
+        spec = image_input or image_input_of(model.visual)
         self.input_size, self.image_mean, self.image_std = spec.size, spec.mean, spec.std
         self.resize_mode, self.interpolation = spec.resize_mode, spec.interpolation
         self.source = source
@@ -122,6 +135,3 @@ class OpenClipCosineReward(ClipSimilarityReward):
     def set_gradient_checkpointing(self, enabled: bool = True) -> bool:
         self.model.visual.set_grad_checkpointing(enabled)  # only the image tower carries gradients
         return True
-
-    def describe(self) -> str:
-        return f"reward {self.name!r} ({self.source})"

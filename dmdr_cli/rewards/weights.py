@@ -50,7 +50,8 @@ def resolve_file(source: str | None, filenames: str | Iterable[str], *, default_
         raise _missing(names, f"folder {str(path)!r}", get_it, setting)
     if looks_like_hub_id(source):
         return _hub_file(source, names, get_it, setting)
-    raise _missing(names, repr(str(path)), get_it, setting)
+    raise ModelLoadError(f"{str(path)!r} not found (expected {names[0]}): download it from {get_it} and pass its "
+                         f"path as {setting}")
 
 
 def resolve_folder(source: str, file_groups: Iterable[Iterable[str]], *, get_it: str, setting: str) -> str:

@@ -43,7 +43,8 @@ def dpo_loss(err_w_policy: torch.Tensor, err_w_ref: torch.Tensor, err_l_policy: 
     """
     errs = (err_w_policy, err_w_ref, err_l_policy, err_l_ref)
     if len({e.shape for e in errs}) != 1 or err_w_policy.ndim != 1:
-        raise ValueError(f"expected four per-sample error vectors [B] of one shape, got {[tuple(e.shape) for e in errs]}")
+        shapes = [tuple(e.shape) for e in errs]
+        raise ValueError(f"expected four per-sample error vectors [B] of one shape, got {shapes}")
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}")
     err_w_policy, err_l_policy = err_w_policy.float(), err_l_policy.float()

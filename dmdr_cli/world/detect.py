@@ -1,8 +1,11 @@
 """The shapes world's exact object detector: colour segmentation, connected components, shape templates.
 
-1. Every pixel takes its nearest palette colour (or the background) if it lies within
-   `max_color_distance` of it in RGB, and no colour otherwise. The palette is >= 139 apart, so the
-   default 60 can never be near two colours: noise shifts pixels out of a colour, never into another.
+1. Every pixel is read as the background mixed with one palette colour (segment_colors): it takes the
+   colour whose background -> colour line passes nearest to it, if its share of that colour is at
+   least one half and it lies within `max_color_distance` (RGB) of the line; otherwise no colour.
+   On a clean render that is exactly the drawn colour; on a blurred sample the half-share level
+   keeps each outline where it was drawn, and colour noise moves pixels out of a colour long before
+   it moves them into another (the palette's colours are >= 139 apart).
 2. Pixels of one colour are grouped into 4-connected components. Components smaller than `min_area`
    (default: half the smallest shape the renderer draws at this resolution) are noise and dropped.
 3. Each component is compared with the renderer's own mask of every shape stretched to the
@@ -14,8 +17,9 @@ Detections are dicts, best first:
 
 `box` is in pixels with exclusive right/bottom edges (a shape drawn at x=3 with side 7 spans 3.0 to
 10.0), `area` the component's pixel count, and `score` = colour purity x shape fit: purity is the mean
-over its pixels of 1 - distance to the colour / max_color_distance, fit the best template IoU. A clean
-render scores exactly 1.0; blurred or noisy samples score lower.
+over the component of share x (1 - distance from the line / max_color_distance), fit the best template
+IoU. A clean render scores exactly 1.0; blurred or noisy samples score lower (a Gaussian blur of
+0.7 px gives about 0.85 at 32 px, 0.65 with added noise of 10 grey levels).
 """
 
 from __future__ import annotations
@@ -67,11 +71,11 @@ def detect_objects(
 def segment_colors(pixels: np.ndarray, max_color_distance: float) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel: the index of its palette colour (-1 for background or no colour) and its purity in [0, 1].
 
-    A pixel is read as the background mixed with one palette colour: for each colour, its share
-    alpha (projection onto the background -> colour segment) and its residual distance from that
-    segment. The colour with the smallest residual wins if alpha >= 0.5 and the residual is within
-    `max_color_distance`. Thresholding the share at one half, rather than the distance to the pure
-    colour, keeps a blurred shape's outline where it was drawn instead of eroding it.
+    For each colour: the pixel's share alpha (its projection onto the background -> colour segment)
+    and its residual distance from that segment. The colour with the smallest residual wins if
+    alpha >= 0.5 and the residual is within `max_color_distance`. Thresholding the share, rather than
+    the distance to the pure colour, keeps a blurred edge where it was drawn instead of eroding it
+    (thresholded at 60 from the pure colour, a shape blurred by 0.7 px loses up to a pixel all round).
     """
     background = np.asarray(BACKGROUND, dtype=np.float64)
     directions = _PALETTE_RGB - background  # (K, 3)
@@ -95,16 +99,19 @@ def label_components(labels: np.ndarray) -> np.ndarray:
     """
     height, width = labels.shape
     ids = np.where(labels >= 0, np.arange(height * width).reshape(height, width), -1)
-    neighbour_pairs = [  # (this pixel, its neighbour) as matching slices, one per direction
-        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-        ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
-        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+    whole, after_first, before_last = slice(None), slice(1, None), slice(None, -1)
+    neighbours = [  # (pixels that have a neighbour in one direction, those neighbours)
+        ((whole, after_first), (whole, before_last)),  # left
+        ((whole, before_last), (whole, after_first)),  # right
+        ((after_first, whole), (before_last, whole)),  # up
+        ((before_last, whole), (after_first, whole)),  # down
     ]
-    joined = [(here, there, (labels[here] == labels[there]) & (labels[here] >= 0)) for here, there in neighbour_pairs]
+    links = [
+        (here, there, (labels[here] == labels[there]) & (labels[here] >= 0)) for here, there in neighbours
+    ]
     while True:
         updated = ids.copy()
-        for here, there, same in joined:
+        for here, there, same in links:
             updated[here] = np.where(same, np.minimum(updated[here], ids[there]), updated[here])
         flat = updated.ravel()
         inside = flat >= 0

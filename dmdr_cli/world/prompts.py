@@ -1,6 +1,6 @@
 """GenEval's six tasks transposed to the shapes world: prompts, their metadata, and scenes that obey them.
 
-Metadata follows GenEval's `evaluation_metadata.jsonl` exactly (see /work/shared/EVAL.md):
+Metadata follows GenEval's `evaluation_metadata.jsonl` exactly:
 
     {"tag": "position",
      "include": [{"class": "square", "count": 1},
@@ -18,6 +18,7 @@ position unless a relation is asked) the scene is random.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Iterator
 
@@ -26,10 +27,28 @@ import numpy as np
 from ..errors import DmdrError
 from .geometry import RELATIONS
 from .render import render_scene
-from .scene import COLORS, DEFAULT_SIZE, MAX_OBJECTS, SHAPES, ObjectSpec, Relation, SceneObject, SceneSpec, check_size, sample_layout
+from .scene import (
+    COLORS,
+    DEFAULT_SIZE,
+    MAX_OBJECTS,
+    SHAPES,
+    ObjectSpec,
+    Relation,
+    SceneObject,
+    SceneSpec,
+    check_size,
+    sample_layout,
+)
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-GENEVAL_TASK_SIZES = {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100, "color_attr": 100}
+GENEVAL_TASK_SIZES = {  # prompts per task in GenEval's 553
+    "single_object": 80,
+    "two_object": 99,
+    "counting": 80,
+    "colors": 94,
+    "position": 100,
+    "color_attr": 100,
+}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 
 
@@ -97,8 +116,10 @@ def task_pool(task: str, size: int = DEFAULT_SIZE) -> list[dict]:
     raise DmdrError(f"unknown GenEval task {task!r}; expected one of {', '.join(TASKS)}")
 
 
-def generate_prompts(n: int, seed: int, tasks: list[str] | None = None, size: int = DEFAULT_SIZE) -> list[dict]:
-    """`n` prompts split over `tasks` in GenEval's proportions, grouped by task in TASKS order.
+def generate_prompts(
+    n: int, seed: int, tasks: list[str] | None = None, size: int = DEFAULT_SIZE
+) -> list[dict]:
+    """`n` prompts split over `tasks` (default: all six) in GenEval's proportions, grouped by task.
 
     Within a task, every distinct prompt appears once (in random order) before any repeats: the
     pools are small (3 single-object prompts, 180 colour-attribute ones), so repeats are expected.
@@ -110,7 +131,7 @@ def generate_prompts(n: int, seed: int, tasks: list[str] | None = None, size: in
         pool = task_pool(task, size)
         while quota > 0:
             take = min(quota, len(pool))
-            prompts += [pool[i] for i in rng.permutation(len(pool))[:take]]
+            prompts += [copy.deepcopy(pool[i]) for i in rng.permutation(len(pool))[:take]]
             quota -= take
     return prompts
 
@@ -118,26 +139,14 @@ def generate_prompts(n: int, seed: int, tasks: list[str] | None = None, size: in
 def scene_spec(metadata: dict) -> SceneSpec:
     """The objects and relations a GenEval prompt asks for (every instance of every include)."""
     try:
-        includes = metadata["include"]
-        counts = [int(entry["count"]) for entry in includes]
-        objects = [ObjectSpec(entry["class"], entry.get("color")) for entry, n in zip(includes, counts) for _ in range(n)]
-    except (KeyError, TypeError, ValueError) as err:
+        return _scene_spec(metadata)
+    except (KeyError, IndexError, TypeError, ValueError) as err:
         raise DmdrError(f"malformed GenEval metadata {metadata!r}: {err!r}") from err
-    first = np.cumsum([0] + counts)  # index of each include's first object
-    members = [range(first[i], first[i + 1]) for i in range(len(includes))]
-    relations = []
-    for i, entry in enumerate(includes):
-        if "position" in entry:
-            relation, reference = entry["position"]
-            relations += [Relation(s, relation, r) for s in members[i] for r in members[int(reference)]]
-    for entry in metadata.get("exclude", []):
-        shown = sum(n for inc, n in zip(includes, counts) if inc["class"] == entry["class"])
-        if shown >= entry["count"]:
-            raise DmdrError(f"unsatisfiable metadata {metadata['prompt']!r}: it includes {shown} and excludes {entry['count']} {entry['class']}")
-    return SceneSpec(tuple(objects), tuple(relations))
 
 
-def render_for(metadata: dict, rng: np.random.Generator, size: int = DEFAULT_SIZE) -> tuple[np.ndarray, list[SceneObject]]:
+def render_for(
+    metadata: dict, rng: np.random.Generator, size: int = DEFAULT_SIZE
+) -> tuple[np.ndarray, list[SceneObject]]:
     """A random scene satisfying `metadata`: (size x size x 3 uint8 image, the objects drawn in it)."""
     objects = sample_layout(scene_spec(metadata), size, rng)
     return render_scene(objects, size), objects
@@ -154,6 +163,29 @@ def training_pairs(n: int, seed: int, size: int = DEFAULT_SIZE) -> Iterator[tupl
         metadata = pool[rng.integers(len(pool))]
         image, _ = render_for(metadata, rng, size)
         yield image, metadata["prompt"]
+
+
+def _scene_spec(metadata: dict) -> SceneSpec:
+    includes = metadata["include"]
+    counts = [int(entry["count"]) for entry in includes]
+    objects = [
+        ObjectSpec(entry["class"], entry.get("color")) for entry, n in zip(includes, counts) for _ in range(n)
+    ]
+    first = np.cumsum([0] + counts)  # index of each include's first object
+    members = [range(first[i], first[i + 1]) for i in range(len(includes))]
+    relations = []
+    for i, entry in enumerate(includes):
+        if "position" in entry:
+            relation, reference = entry["position"]
+            relations += [Relation(s, relation, r) for s in members[i] for r in members[int(reference)]]
+    for entry in metadata.get("exclude", []):
+        shown = sum(n for include, n in zip(includes, counts) if include["class"] == entry["class"])
+        if shown >= entry["count"]:
+            raise DmdrError(
+                f"unsatisfiable metadata {metadata.get('prompt')!r}: "
+                f"it includes {shown} {entry['class']} and excludes {entry['count']}"
+            )
+    return SceneSpec(tuple(objects), tuple(relations))
 
 
 def _include(shape: str, count: int = 1, color: str | None = None, position: list | None = None) -> dict:

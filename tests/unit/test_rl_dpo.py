@@ -78,7 +78,7 @@ def mixture_denoiser(x_t, a, s, logit):
     return resp_plus * component_mean(MODE) + (1 - resp_plus) * component_mean(-MODE)
 
 
-def train_mixture_with_dpo(reward_sign: float, beta: float = 5.0, steps: int = 150, prompts: int = 64, group: int = 4):
+def train_mixture_with_dpo(reward_sign: float, beta: float = 5.0, steps: int = 100, prompts: int = 64, group: int = 4):
     """Sample K per prompt from the current policy, pair best and worst by reward, take DPO steps on the
     logit; returns the final probability of the + mode (0.5 at the start)."""
     schedule = FlowSchedule()
@@ -100,7 +100,8 @@ def train_mixture_with_dpo(reward_sign: float, beta: float = 5.0, steps: int = 1
             return per_sample_error(mixture_denoiser(x_t, a, s, logit_).unsqueeze(1), x0_pair.unsqueeze(1))
 
         x0_w, x0_l = x0[winners], x0[losers]
-        loss, _ = dpo_loss(errors(x0_w, logit), errors(x0_w, ref_logit), errors(x0_l, logit), errors(x0_l, ref_logit), beta)
+        loss, _ = dpo_loss(errors(x0_w, logit), errors(x0_w, ref_logit),
+                           errors(x0_l, logit), errors(x0_l, ref_logit), beta)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,0 +1,110 @@
+"""Generator / real / fake roles built from one teacher: weight sharing, LoRA scales, isolation of updates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dmdr_cli.dmd.networks import build_networks
+from dmdr_cli.families import FAMILIES, load_family
+from dmdr_cli.recipe import validate
+
+
+def make(folder, family: str, finetune: str, layout: str = "shared_lora"):
+    cfg = validate({"model": {"family": family, "pretrained": str(folder), "resolution": 16, "dtype": "fp32",
+                              **({"max_text_tokens": 8} if family == "sd3" else {})},
+                    "student": {"finetune": finetune, "lora_rank": 4, "lora_alpha": 8},
+                    "guidance": {"lora_rank": 4, "lora_alpha": 4, "layout": layout}})
+    fam = load_family(cfg.model, with_text_encoders=True, with_vae=False)
+    teacher_ref = {k: v.detach().clone() for k, v in fam.denoiser.named_parameters()}
+    torch.manual_seed(0)
+    nets = build_networks(fam.denoiser, cfg, FAMILIES[family])
+    return fam, nets, teacher_ref
+
+
+def inputs(fam, batch=2):
+    torch.manual_seed(1)
+    x = torch.randn(batch, fam.latent_channels, 8, 8)
+    t = torch.full((batch,), 0.6)
+    return x, t, fam.encode_prompts(["a red circle", "a blue square"][:batch])
+
+
+def randomize(params):
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.1)
+
+
+@pytest.mark.parametrize("family", ["sd", "sd3"])
+def test_real_score_at_scale_zero_is_exactly_the_teacher(family, request):
+    folder = request.getfixturevalue(f"tiny_{family}")
+    fam, nets, _ = make(folder, family, "lora")
+    x, t, cond = inputs(fam)
+    with torch.no_grad():
+        nets.guidance_switch.use(None)
+        teacher_out = fam.forward(nets.guidance, x, t, cond)
+        randomize(nets.fake_params)
+        randomize(nets.generator_params)
+        real0 = fam.forward(nets.as_real(0.0), x, t, cond)
+        real_half = fam.forward(nets.as_real(0.5), x, t, cond)
+        fake = fam.forward(nets.as_fake(), x, t, cond)
+        gen = fam.forward(nets.as_generator(), x, t, cond)
+    assert torch.equal(real0, teacher_out), "s_r = 0 must be bit-identical to the teacher"
+    assert not torch.allclose(real_half, teacher_out) and not torch.allclose(fake, real_half)
+    assert not torch.allclose(gen, fake)
+
+
+def _base_weights(module):
+    return {n: p for n, p in module.named_parameters() if "lora_" not in n}
+
+
+def test_lora_generator_shares_one_copy_of_teacher_weights(tiny_sd3):
+    fam, nets, teacher_ref = make(tiny_sd3, "sd3", "lora")
+    assert nets.generator is nets.guidance and nets.fake_full is None
+    base = _base_weights(nets.guidance)
+    ptrs = {p.data_ptr() for p in base.values()}
+    assert len(ptrs) == len(base)  # every base tensor stored once ...
+    lora_ptrs = {p.data_ptr() for p in nets.generator_params + nets.fake_params}
+    assert not ptrs & lora_ptrs  # ... and nothing else aliases them
+    n_teacher = sum(v.numel() for v in teacher_ref.values())
+    assert sum(p.numel() for p in base.values()) == n_teacher
+
+
+def test_full_generator_is_a_second_copy(tiny_sd):
+    fam, nets, _ = make(tiny_sd, "sd", "full")
+    gen_ptrs = {p.data_ptr() for p in nets.generator.parameters()}
+    teacher_ptrs = {p.data_ptr() for p in _base_weights(nets.guidance).values()}
+    assert not gen_ptrs & teacher_ptrs
+
+
+def test_dmd2_layout_has_a_full_fake_copy(tiny_sd):
+    fam, nets, _ = make(tiny_sd, "sd", "full", layout="dmd2")
+    assert nets.fake_full is not None and nets.guidance_switch is None
+    assert {p.data_ptr() for p in nets.fake_params}.isdisjoint({p.data_ptr() for p in nets.generator.parameters()})
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_updates_touch_only_their_own_weights(tiny_sd3, finetune):
+    fam, nets, _ = make(tiny_sd3, "sd3", finetune)
+    x, t, cond = inputs(fam)
+    gen_before = [p.detach().clone() for p in nets.generator_params]
+    fake_before = [p.detach().clone() for p in nets.fake_params]
+    base_before = {n: p.detach().clone() for n, p in _base_weights(nets.guidance).items()}
+
+    # a generator update: loss on the generator's output only
+    opt_g = torch.optim.SGD(nets.generator_params, lr=0.1)
+    fam.predict_x0(nets.as_generator(), x, t, cond).pow(2).mean().backward()
+    opt_g.step()
+    opt_g.zero_grad()
+    assert any(not torch.equal(a, p) for a, p in zip(gen_before, nets.generator_params))
+    assert all(torch.equal(a, p) for a, p in zip(fake_before, nets.fake_params)), "guidance LoRA untouched"
+    assert all(p.grad is None for p in nets.fake_params)
+
+    # a fake-score update
+    gen_mid = [p.detach().clone() for p in nets.generator_params]
+    opt_f = torch.optim.SGD(nets.fake_params, lr=0.1)
+    fam.forward(nets.as_fake(), x, t, cond).pow(2).mean().backward()
+    opt_f.step()
+    assert any(not torch.equal(a, p) for a, p in zip(fake_before, nets.fake_params))
+    assert all(torch.equal(a, p) for a, p in zip(gen_mid, nets.generator_params)), "generator untouched"
+    assert all(torch.equal(base_before[n], p) for n, p in _base_weights(nets.guidance).items()), "teacher untouched"

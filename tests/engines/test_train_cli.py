@@ -1,0 +1,87 @@
+"""`dmdr coldstart` / `dmdr distill` end to end on the tiny sd, sdxl and sd3 fixtures (CPU fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train_helpers import checkpoint, invoke, log_rows, ok, recipe, weights
+
+LOG_KEYS = {"dmd_loss", "fake_loss", "dmd_grad_norm", "real_lora_scale", "renoise_t_mean", "renoise_t_min",
+            "renoise_t_max", "step_time", "generator_grad_norm", "cfg_scale"}
+
+
+def teacher_denoiser_state(family: str, folder) -> dict:
+    from dmdr_cli.families import load_family
+    from dmdr_cli.recipe.schema import ModelSection
+
+    fam = load_family(ModelSection(family=family, pretrained=str(folder), resolution=16, dtype="fp32",
+                                   **({"max_text_tokens": 8} if family == "sd3" else {})),
+                      with_text_encoders=False, with_vae=False)
+    return {k: v.clone() for k, v in fam.denoiser.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+def test_coldstart_trains_student_and_leaves_teacher(family, request, tmp_path):
+    folder = request.getfixturevalue(f"tiny_{family}")
+    before = teacher_denoiser_state(family, folder)
+    run = tmp_path / "run"
+    ok("coldstart", recipe(tmp_path, family, folder, run))
+    assert (run / "recipe.yaml").is_file() and (run / "samples" / "step-000002.png").is_file()
+    rows = log_rows(run)
+    assert [r["step"] for r in rows] == [1, 2] and LOG_KEYS <= set(rows[-1])
+    assert rows[0]["real_lora_scale"] == pytest.approx(0.5)  # DynaDG s_r0 at k = 0
+    gen = weights(run, 2)
+    if family == "sd3":  # LoRA generator: B starts at 0, so any non-zero B is a trained student
+        assert any(v.abs().max() > 0 for k, v in gen.items() if "lora_B" in k)
+    else:
+        assert any(not torch.equal(gen[k], before[k]) for k in before)
+    after = teacher_denoiser_state(family, folder)
+    assert all(torch.equal(before[k], after[k]) for k in before), "the teacher's files never change"
+
+
+def test_distill_continues_step_counter_from_coldstart(tiny_sd, tmp_path):
+    cold = tmp_path / "cold"
+    ok("coldstart", recipe(tmp_path, "sd", tiny_sd, cold))
+    run = tmp_path / "distill"
+    ok("distill", recipe(tmp_path, "sd", tiny_sd, run), "--init", cold)
+    steps = [r["step"] for r in log_rows(run)]
+    assert steps == [3], "distill resumes the generator-step counter at the cold start's end"
+    assert checkpoint(run, 3).is_dir()
+
+
+def test_exact_resume_is_bit_identical(tiny_sd, tmp_path):
+    straight = tmp_path / "straight"
+    ok("distill", recipe(tmp_path, "sd", tiny_sd, straight, train={"steps": 4}))
+    halves = tmp_path / "halves"
+    ok("distill", recipe(tmp_path, "sd", tiny_sd, halves, train={"steps": 2}))
+    ok("distill", recipe(tmp_path, "sd", tiny_sd, halves, train={"steps": 4}), "--resume", "latest")
+    for name in ("generator", "fake"):
+        a, b = weights(straight, 4, name), weights(halves, 4, name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert [r["step"] for r in log_rows(halves)] == [1, 2, 3, 4]
+
+
+def test_second_run_into_same_folder_refused(tiny_sd, tmp_path):
+    run = tmp_path / "run"
+    ok("coldstart", recipe(tmp_path, "sd", tiny_sd, run))
+    res = invoke("coldstart", recipe(tmp_path, "sd", tiny_sd, run))
+    assert res.exit_code == 2 and "--resume latest" in res.output
+
+
+@pytest.mark.parametrize("case", ["empty_prompts", "missing_model", "wrong_family"])
+def test_bad_input_leaves_nothing(case, tiny_sd3, tmp_path):
+    run = tmp_path / "run"
+    path = recipe(tmp_path, "sd", tiny_sd3, run)
+    args = []
+    if case == "empty_prompts":
+        (tmp_path / "prompts.txt").write_text("\n  \n")
+        path = recipe(tmp_path, "sd3", tiny_sd3, run)
+        (tmp_path / "prompts.txt").write_text("\n  \n")
+        args = ["data.prompts=" + str(tmp_path / "prompts.txt")]
+    elif case == "missing_model":
+        args = [f"model.pretrained={tmp_path / 'nope'}"]
+    res = invoke("coldstart", path, *args)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1].startswith("error:")
+    assert not run.exists(), "nothing is written when the input is bad"
