@@ -14,6 +14,7 @@ autocast, so the optimizer never rounds its updates to bf16.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,16 +25,21 @@ GENERATOR, GUIDANCE = "generator", "guidance"
 class AdapterSwitch:
     """Chooses which peft LoRA adapter of a model is live, and at what scale.
 
-    peft's `set_adapter` also flips requires_grad so that only the live adapter trains; we undo that,
-    because a graph built with one adapter live is backpropagated after another was switched on
-    (the generator loss needs the real and fake scores first). Gradient flow is instead kept apart by
-    construction: real/fake passes run under no_grad and the fake-score loss sees a detached x0.
+    peft's public `set_adapter` / `enable_adapters` also flip requires_grad so that only the live
+    adapter trains, and walk every parameter to do it; here a graph built with one adapter live is
+    backpropagated after another was switched on (the generator loss needs the real and fake scores
+    first), and the switch happens several times per step. So only the three things LoraLayer.forward
+    reads are set: the active adapter, the disabled flag, and the adapter's scaling. Gradient flow is
+    kept apart by construction instead: real/fake passes run under no_grad, the fake-score loss sees a
+    detached x0, and each optimizer holds only its own adapter's parameters.
     """
 
     def __init__(self, model: torch.nn.Module):
         from peft.tuners.lora import LoraLayer
 
         self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        for layer in self.layers[:1]:  # the attributes LoraLayer.forward reads (peft >= 0.13)
+            assert hasattr(layer, "_active_adapter") and hasattr(layer, "_disable_adapters"), "unsupported peft"
         self.live: tuple[str | None, float] | None = None
 
     def use(self, adapter: str | None, scale: float = 1.0) -> None:
@@ -41,17 +47,20 @@ class AdapterSwitch:
         state = (adapter, float(scale)) if adapter is not None and scale != 0 else (None, 0.0)
         if state == self.live:
             return
+        name, scale = state
         for layer in self.layers:
-            grads = [(p, p.requires_grad) for p in layer.parameters()]
-            if state[0] is None:
-                layer.enable_adapters(False)
-            else:
-                layer.enable_adapters(True)
-                layer.set_adapter(state[0])
-                layer.set_scale(state[0], state[1])
-            for p, r in grads:
-                p.requires_grad_(r)
+            layer._disable_adapters = name is None
+            if name is None:
+                continue
+            layer._active_adapter = [name]  # layers without this adapter then run the base weights alone
+            if name in layer.lora_A:
+                denominator = math.sqrt(layer.r[name]) if layer.use_rslora.get(name, False) else layer.r[name]
+                layer.scaling[name] = scale * layer.lora_alpha[name] / denominator
         self.live = state
+
+    def invalidate(self) -> None:
+        """Forget the cached state (after diffusers' add_adapter switched adapters behind our back)."""
+        self.live = None
 
 
 def add_lora(model: torch.nn.Module, name: str, rank: int, alpha: float, targets: list[str]) -> list[torch.nn.Parameter]:
@@ -60,14 +69,27 @@ def add_lora(model: torch.nn.Module, name: str, rank: int, alpha: float, targets
 
     from peft import LoraConfig
 
+    # diffusers' add_adapter makes the new adapter the only trainable one; adapters added earlier keep
+    # training on their own losses, so their flags are restored.
+    flags = [(p, p.requires_grad) for p in model.parameters()]
     with warnings.catch_warnings():  # a second adapter on one model is the point here, not an accident
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True),
                           adapter_name=name)
+    for p, flag in flags:
+        p.requires_grad_(flag)
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            # peft casts each LoRA input to the adapter's fp32 dtype: a full fp32 copy of every activation
+            # it touches. Under bf16 autocast (GPU) the matmuls run in bf16 anyway, so skip the copy.
+            module.cast_input_dtype_enabled = False
     params = []
     for pname, p in model.named_parameters():
         if f".{name}." in pname and "lora_" in pname:
             p.data = p.data.float()
+            p.requires_grad_(True)
             params.append(p)
     if not params:
         raise ValueError(f"LoRA targets {targets} matched no module of {type(model).__name__}")
@@ -180,9 +202,6 @@ def build_networks(teacher: torch.nn.Module, cfg, family_cls) -> ScoreNetworks:
         generator_switch = None
         guidance_switch = AdapterSwitch(teacher) if fake_full is None else None
 
-    # diffusers' add_adapter makes only the newest adapter trainable; both of ours train (on their own losses)
-    for p in generator_params + fake_params:
-        p.requires_grad_(True)
     return ScoreNetworks(generator=generator, guidance=teacher, fake_full=fake_full,
                          generator_params=generator_params, fake_params=fake_params,
                          generator_switch=generator_switch, guidance_switch=guidance_switch,

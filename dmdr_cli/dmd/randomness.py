@@ -21,15 +21,20 @@ def key_seed(*parts) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def keyed_generator(*parts) -> torch.Generator:
-    g = torch.Generator(device="cpu")
+def keyed_generator(*parts, device="cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
     g.manual_seed(key_seed(*parts))
     return g
 
 
-def per_sample_randn(shape_per_sample: tuple[int, ...], sample_ids: list[int], *key) -> torch.Tensor:
-    """One standard-normal tensor per global sample id, stacked: [len(sample_ids), *shape_per_sample]."""
-    return torch.stack([torch.randn(shape_per_sample, generator=keyed_generator(*key, i)) for i in sample_ids])
+def per_sample_randn(shape_per_sample: tuple[int, ...], sample_ids: list[int], *key, device="cpu") -> torch.Tensor:
+    """One standard-normal tensor per global sample id, stacked: [len(sample_ids), *shape_per_sample].
+
+    Drawn on `device` with a generator of that device (no host-to-device copy of large noise on GPU);
+    the values are reproducible per device type (CPU and CUDA generators differ)."""
+    device = torch.device(device)
+    return torch.stack([torch.randn(shape_per_sample, generator=keyed_generator(*key, i, device=device), device=device)
+                        for i in sample_ids])
 
 
 class StepRandomness:
@@ -48,7 +53,7 @@ class StepRandomness:
 
     def randn(self, per_sample_shape, purpose: str) -> torch.Tensor:
         """Fresh per-sample Gaussian noise (a second call with the same purpose gives new noise)."""
-        return per_sample_randn(tuple(per_sample_shape), self.sample_ids, *self._key(purpose)).to(self.device)
+        return per_sample_randn(tuple(per_sample_shape), self.sample_ids, *self._key(purpose), device=self.device)
 
     def randn_like(self, like: torch.Tensor, purpose: str) -> torch.Tensor:
         return self.randn(like.shape[1:], purpose).to(like.dtype)

@@ -44,8 +44,7 @@ def generator_sample(ctx: StepContext, cond: Cond, rng: StepRandomness, with_gra
     batch = cond.batch_size
     times = ctx.student_times
     k = int(torch.randint(len(times), (), generator=rng.shared("student_step")))
-    shape = ctx.family.noise(1, ctx.cfg.model.resolution, ctx.cfg.model.resolution).shape[1:]
-    noise = rng.randn(shape, "latent")
+    noise = rng.randn(ctx.family.latent_shape(ctx.cfg.model.resolution), "latent")
     net = ctx.nets.as_generator()
     with torch.no_grad(), ctx.amp():
         x_in = generator_input(ctx.family, net, noise, cond, times, ctx.sampler, k,
@@ -73,8 +72,8 @@ def dmd_generator_loss(ctx: StepContext, x0_g: torch.Tensor, cond: Cond, rng: St
         x0_real = ctx.family.predict_x0(ctx.nets.as_real(scale_r), x_t, t, cond, Guidance(w, ctx.uncond))
         x0_fake = ctx.family.predict_x0(ctx.nets.as_fake(), x_t, t, cond)
     loss, stats = dmd_loss(x0_g, x0_real.float(), x0_fake.float())
-    stats.update({"real_lora_scale": scale_r, "cfg_scale": w, "renoise_t_mean": t.mean().item(),
-                  "renoise_t_min": t.min().item(), "renoise_t_max": t.max().item()})
+    stats.update({"real_lora_scale": scale_r, "cfg_scale": w, "renoise_t_mean": t.mean(),
+                  "renoise_t_min": t.min(), "renoise_t_max": t.max()})  # tensors: no host sync per step
     return loss, stats
 
 

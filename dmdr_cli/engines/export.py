@@ -14,8 +14,10 @@ from rich.console import Console
 from ..errors import DmdrError
 from ..export.formats import DTYPES, FORMATS, write_comfyui, write_diffusers, write_lora, write_safetensors
 from ..export.kohya import COMFYUI_FAMILIES
+from ..export.model_card import model_card
 from ..export.output import StagedOutput
 from ..export.source import ExportSource, evaluation_results, open_checkpoint
+from ..export.student import build_student
 
 
 def _merge_choice(fmt: str, source: ExportSource, merge_lora: bool | None) -> bool:
@@ -66,9 +68,6 @@ def run_export(checkpoint: str | Path, *, fmt: str, out: Path, dtype: str = "fp1
     protected = [source.checkpoint] + [p for p in (source.teacher_folder, model.single_file) if p]
     output = StagedOutput(out, overwrite=overwrite, protected=protected)
     output.check()
-
-    from ..export.model_card import model_card
-    from ..export.student import build_student
 
     with console.status(f"loading the student of {source.checkpoint}"):
         student = build_student(source, merge=merge, dtype=DTYPES[dtype])

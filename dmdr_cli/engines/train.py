@@ -149,6 +149,28 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                                  keep=cfg.train.keep_checkpoints, fault_hook=fault_point)
         dist.barrier()
 
+    def micro_step(k, inner, micro, gen_turn, rl_on, stats, fake_losses):
+        """Forward and backward of one micro-batch: generator sample, generator loss on its turn, fake loss."""
+        ids, texts, cond = batch(k, inner, micro)
+        rng = StepRandomness(cfg.train.seed, k, inner * A + micro, ids, device)
+        x0_g, info = generator_sample(ctx, cond, rng, with_grad=gen_turn)
+        fault_point("after-generator-forward")
+        if gen_turn:
+            loss_dmd, dmd_stats = dmd_generator_loss(ctx, x0_g, cond, rng, k)
+            loss = cfg.dmd.weight * loss_dmd
+            if rl_on:
+                loss_rl, rl_stats = rl_branch.loss(ctx, x0_g, cond, texts, rng, k)
+                loss = loss + cfg.rl.weight * loss_rl
+                stats.update(rl_stats)
+                stats["rl_loss"] = loss_rl.detach()
+            nets.as_generator()
+            (loss / A).backward()
+            stats.update(dmd_stats)
+            stats["generator_loss"] = loss.detach()
+        fake_loss = fake_score_step_loss(ctx, x0_g, cond, rng, k)
+        (fake_loss / A).backward()
+        fake_losses.append(fake_loss.detach())
+
     title = "cold start" if stage == "coldstart" else "distill"
     k = start
     with StepProgress(total_steps, start, console, dist.is_main, title) as progress, run.preemption() as preempt:
@@ -160,25 +182,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             for inner in range(K):
                 gen_turn = inner == K - 1  # the fake score is freshest right before the generator update
                 for micro in range(A):
-                    ids, texts, cond = batch(k, inner, micro)
-                    rng = StepRandomness(cfg.train.seed, k, inner * A + micro, ids, device)
-                    x0_g, info = generator_sample(ctx, cond, rng, with_grad=gen_turn)
-                    fault_point("after-generator-forward")
-                    if gen_turn:
-                        loss_dmd, dmd_stats = dmd_generator_loss(ctx, x0_g, cond, rng, k)
-                        loss = cfg.dmd.weight * loss_dmd
-                        if rl_on:
-                            loss_rl, rl_stats = rl_branch.loss(ctx, x0_g, cond, texts, rng, k)
-                            loss = loss + cfg.rl.weight * loss_rl
-                            stats.update(rl_stats)
-                            stats["rl_loss"] = loss_rl.detach()
-                        nets.as_generator()
-                        (loss / A).backward()
-                        stats.update(dmd_stats)
-                        stats["generator_loss"] = loss.detach()
-                    fake_loss = fake_score_step_loss(ctx, x0_g, cond, rng, k)
-                    (fake_loss / A).backward()
-                    fake_losses.append(fake_loss.detach())
+                    with ctx.amp():  # one autocast region per micro-step: weight casts are cached across
+                        #             the generator's rollout forwards (params only change after it)
+                        micro_step(k, inner, micro, gen_turn, rl_on, stats, fake_losses)
                 fault_point("after-backward")
                 if gen_turn:
                     ok, norm = apply_update(nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g,
@@ -195,11 +201,11 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             stats["fake_loss"] = torch.stack(fake_losses).mean()
             stats["step_time"] = time.perf_counter() - t0
             stats["nonfinite_skipped"] = guard_g.skipped + guard_f.skipped
-            stats.update(memory_stats(device))
-            scalars = {n: float(v) for n, v in stats.items() if _is_scalar(v)}
-            if k % cfg.train.log_every == 0 or k == total_steps or k == start + 1:
+            if k % cfg.train.log_every == 0 or k == total_steps or k == start + 1:  # the only host syncs for stats
+                stats.update(memory_stats(device))
+                scalars = {n: float(v) for n, v in stats.items() if _is_scalar(v)}
                 log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
-            progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
+                progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
             if cfg.train.sample_every and k % cfg.train.sample_every == 0 and dist.is_main:
                 save_sample_grid(ctx, val_prompts, conds[[index_of[p] for p in val_prompts]], run.path / "samples",
                                  k, cfg.train.seed)

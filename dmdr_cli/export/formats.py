@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import DmdrError
 from .kohya import comfyui_namer, kohya_state_dict
 from .output import inside
-from .scheduler import build_scheduler, student_scheduler
+from .scheduler import StudentScheduler, build_scheduler, student_scheduler
 from .student import Student
 
 FORMATS = ("safetensors", "diffusers", "lora", "comfyui")
@@ -31,7 +31,8 @@ LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_
 COMFYUI_FILE = "comfyui_lora.safetensors"
 
 
-def scheduler_spec(student: Student):
+def scheduler_spec(student: Student) -> StudentScheduler:
+    """The diffusers scheduler and pipeline call that sample this student as dmdr does."""
     return student_scheduler(student.family, student.times, student.sampler)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 from .. import __version__
@@ -16,14 +17,19 @@ _DTYPE_NAMES = {"bf16": "torch.bfloat16", "fp16": "torch.float16", "fp32": "torc
 HERE = "path/to/this/folder"
 
 
+def _literal(value) -> str:
+    """A Python literal, strings in double quotes like the rest of the card's code."""
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
 def _kwargs(items: dict) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in items.items())
+    return ", ".join(f"{k}={_literal(v)}" for k, v in items.items())
 
 
 def _teacher_args(model, torch_dtype: str) -> str:
     """`from_pretrained` arguments of the base model, as the recipe names it."""
-    extra = [f"{k}={v!r}" for k, v in (("revision", model.revision), ("variant", model.variant)) if v]
-    return ", ".join([repr(model.pretrained), *extra, f"torch_dtype={torch_dtype}"])
+    extra = [f"{k}={_literal(v)}" for k, v in (("revision", model.revision), ("variant", model.variant)) if v]
+    return ", ".join([_literal(model.pretrained), *extra, f"torch_dtype={torch_dtype}"])
 
 
 def _full_weights(student: Student) -> bool:
@@ -53,7 +59,7 @@ def _pipeline_lines(student: Student, fmt: str, files: list[str], torch_dtype: s
     family, model = student.family, student.source.recipe.model
     spec = scheduler_spec(student)
     sub, scheduler_cls = family.denoiser_subfolder, spec.class_name
-    variant = f", variant={model.variant!r}" if model.variant else ""
+    variant = f", variant={_literal(model.variant)}" if model.variant else ""
     teacher = f"pipe = DiffusionPipeline.from_pretrained({_teacher_args(model, torch_dtype)})"
     use_student_scheduler = (f"pipe.scheduler = {scheduler_cls}.from_config(pipe.scheduler.config, "
                              f"{_kwargs(spec.config)})")
@@ -100,9 +106,10 @@ def comfyui_notes(student: Student, fmt: str, files: list[str]) -> list[str]:
     else:
         notes.append("For ComfyUI export with `--format comfyui` (LoRA) or `--format safetensors` (merged weights).")
     sampler = "lcm" if student.sampler == "sde" else "euler"
-    notes.append(f"Sampler settings: {len(student.times)} steps, CFG 1.0 (the student runs without guidance), "
-                 f"sampler `{sampler}`. The student's sigmas (for a custom-sigmas node), then 0: "
-                 f"{comfyui_sigmas(student)}.")
+    steps = len(student.times)
+    notes.append(f"Sampler settings: {steps} step{'s' if steps > 1 else ''}, CFG 1.0 (the student runs without "
+                 f"guidance), sampler `{sampler}`; the student's sigmas, for a custom-sigmas node: "
+                 f"{comfyui_sigmas(student) + [0.0]}.")
     return notes
 
 

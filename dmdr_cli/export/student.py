@@ -53,15 +53,17 @@ def load_generator_tensors(source: ExportSource) -> dict[str, torch.Tensor]:
         raise DmdrError(f"could not read {source.generator_file} ({err}): the checkpoint is damaged") from None
 
 
-def build_student(source: ExportSource, *, merge: bool, dtype: torch.dtype = torch.float32) -> Student:
-    """Load the teacher's denoiser (no text encoders, no VAE) on CPU and apply the generator weights.
+def build_student(source: ExportSource, *, merge: bool, dtype: torch.dtype = torch.float32,
+                  with_text_encoders: bool = False, with_vae: bool = False) -> Student:
+    """Load the teacher's denoiser on CPU and apply the generator weights; the text encoders and the VAE
+    are loaded too only when asked (`dmdr sample` needs them, an export does not).
 
     A LoRA is merged in fp32 whatever `dtype` says, so rounding happens once, when the export is cast.
     """
     lora = source.lora
     load_dtype = torch.float32 if lora is not None else dtype
-    family = load_family(source.recipe.model, device="cpu", dtype=load_dtype, with_text_encoders=False,
-                         with_vae=False, uncond_mode=source.recipe.guidance.uncond)
+    family = load_family(source.recipe.model, device="cpu", dtype=load_dtype, with_text_encoders=with_text_encoders,
+                         with_vae=with_vae, uncond_mode=source.recipe.guidance.uncond)
     net = family.denoiser.eval().requires_grad_(False)
     tensors = load_generator_tensors(source)
     if lora is None:

@@ -187,6 +187,11 @@ class Family(ABC):
         """Student times from a recipe's `student` section (steps, timesteps, flow_shift)."""
         return self.student_times(student.steps, student.timesteps, shift=getattr(student, "flow_shift", None))
 
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        """(C, H, W) of one sample the denoiser sees at a square `resolution` in pixels."""
+        side = resolution // self.vae_scale_factor
+        return (self.latent_channels, side, side)
+
     def noise(self, batch: int, height: int, width: int, generator: torch.Generator | None = None,
               device="cpu") -> torch.Tensor:
         shape = (batch, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)

@@ -211,9 +211,10 @@ class WorldTeacherSection(Section):
     dense_fraction: float = Field(
         0.2, ge=0, le=1, description="Fraction of each batch drawn from the dense (DPG-style) training prompts; the "
                                      "rest are GenEval-style prompts in GenEval's task proportions.")
-    beta_schedule: Literal["linear", "scaled_linear"] = Field(
-        "linear", description="DDPM betas over 1000 steps: linear (1e-4 .. 0.02, ends near zero SNR) or SD's "
-                              "scaled_linear (0.00085 .. 0.012, leaves 7% of the signal at t = 999).")
+    beta_schedule: Literal["scaled_linear", "linear"] = Field(
+        "scaled_linear", description="Betas over 1000 steps: SD's scaled_linear (0.00085 .. 0.012; x0 estimates stay "
+                                     "well conditioned at t = 999) or DDPM's linear (1e-4 .. 0.02; near zero terminal "
+                                     "SNR, where an eps model's x0 estimate is 158x its eps error: clip when sampling).")
     channels: list[int] = Field(
         [32, 64, 64], min_length=2, max_length=4,
         description="UNet block widths, one level per entry (each a multiple of 8, 8 to 512); every level but the "

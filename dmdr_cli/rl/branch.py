@@ -55,6 +55,9 @@ class RLBranch:
 
     def attach(self, family, nets) -> None:
         self.family, self.nets = family, nets
+        decoder = self.decoder or family.components.vae
+        if self.cfg.train.gradient_checkpointing and hasattr(decoder, "enable_gradient_checkpointing"):
+            decoder.enable_gradient_checkpointing()  # ReFL backpropagates through the decoder: recompute it
 
     def images(self, x0: torch.Tensor) -> torch.Tensor:
         """Decoded [0, 1] images of x0 (differentiable), optionally downscaled to save reward memory."""
@@ -116,6 +119,7 @@ class Reference:
             for p in add_lora(self.nets.generator, REFERENCE, gen_cfg.r, gen_cfg.lora_alpha, list(gen_cfg.target_modules)):
                 p.requires_grad_(False)
             load_adapter_state(self.nets.generator, REFERENCE, self.nets.generator_state())
+            self.nets.generator_switch.invalidate()
         else:
             self.copy = copy.deepcopy(self.nets.generator).requires_grad_(False).eval()
         self.ready = True
@@ -210,7 +214,7 @@ class GRPO(_WithReference):
         K = self.cfg.rl.grpo.group_size
         group_cond = cond.repeat_interleave(K)
         times = ctx.student_times
-        shape = ctx.family.noise(1, self.cfg.model.resolution, self.cfg.model.resolution).shape[1:]
+        shape = ctx.family.latent_shape(self.cfg.model.resolution)
         x = group_noise(rng, shape, K, "rl")
         xs, nexts, logps = [], [], []
         net = self.nets.as_generator()

@@ -31,10 +31,14 @@ def training_dense_items() -> tuple[dict, ...]:
 
 @lru_cache(maxsize=1)
 def validation_dense_items() -> tuple[dict, ...]:
-    """The dense items of builtin:world-val: drawn with another seed, minus any prompt of the training set."""
+    """The dense items of builtin:world-val: drawn with another seed, each prompt once and none of the
+    training set's."""
     seen = {item["prompt"] for item in training_dense_items()}
-    fresh = [item for item in generate_dense_prompts(2 * VAL_DENSE, seed=VAL_SEED, size=PROMPT_SIZE)
-             if item["prompt"] not in seen]
+    fresh = []
+    for item in generate_dense_prompts(2 * VAL_DENSE, seed=VAL_SEED, size=PROMPT_SIZE):
+        if item["prompt"] not in seen:
+            seen.add(item["prompt"])
+            fresh.append(item)
     return tuple(fresh[:VAL_DENSE])
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from ..runtime.monitor import MetricsLog, StepProgress
 from ..runtime.rundir import RunFolder
 from .dense import render_dense
 from .prompts import training_pairs
-from .scene import check_size
+from .scene import LayoutError, check_size
 from .teacher_model import alphas_cumprod, build_teacher, save_pipeline
 
 CHECKPOINTS_KEPT = 2
@@ -61,9 +62,13 @@ def world_batch(step: int, batch_size: int, seed: int, size: int, dense_fraction
     pairs = list(training_pairs(batch_size - n_dense, seed=derived_seed(seed, step, 0), size=size))
     if n_dense:
         rng = np.random.default_rng(derived_seed(seed, step, 1))
-        for index in rng.integers(len(dense_items), size=n_dense):
-            item = dense_items[index]
-            pairs.append((render_dense(item, rng, size)[0], item["prompt"]))
+        picks = deque(rng.integers(len(dense_items), size=n_dense))
+        while picks:
+            item = dense_items[picks.popleft()]
+            try:
+                pairs.append((render_dense(item, rng, size)[0], item["prompt"]))
+            except LayoutError:  # a tight item (three objects in a row at 24 px) can miss a layout: draw another
+                picks.append(rng.integers(len(dense_items)))
     images = torch.from_numpy(np.stack([image for image, _ in pairs])).permute(0, 3, 1, 2).float()
     return images / 127.5 - 1, [prompt for _, prompt in pairs]
 
@@ -139,6 +144,23 @@ def denoising_loss(unet, text_encoder, images: torch.Tensor, ids: torch.Tensor, 
     return per_image.mean()
 
 
+def train_step(cfg, step: int, unet, text_encoder, optimizer, images: torch.Tensor, ids: torch.Tensor,
+               alpha_bar: torch.Tensor, generator: torch.Generator) -> tuple[float, float]:
+    """One AdamW update of UNet and text encoder together; returns (loss, gradient norm before clipping)."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, cfg)
+    loss = denoising_loss(unet, text_encoder, images, ids, alpha_bar, generator, cfg.min_snr_gamma)
+    if not torch.isfinite(loss):
+        raise DmdrError(f"the teacher's loss is {loss.item()} at step {step}: lower world.teacher.lr (now {cfg.lr}) "
+                        f"and --resume latest")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    optimizer.step()
+    return loss.item(), float(grad_norm)
+
+
 def train_teacher(recipe, *, resume: str | None = None, console: Console | None = None) -> Path:
     """Train (or continue training) the world teacher of `recipe`; returns the exported pipeline folder."""
     console = console or Console()
@@ -153,8 +175,8 @@ def train_teacher(recipe, *, resume: str | None = None, console: Console | None 
 
     with torch_threads(cfg.threads):
         unet, text_encoder, tokenizer = build_teacher(cfg, size)
-        params = list(unet.parameters()) + list(text_encoder.parameters())
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW([*unet.parameters(), *text_encoder.parameters()], lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
         ema = [EMA(unet, cfg.ema_decay), EMA(text_encoder, cfg.ema_decay)] if cfg.ema_decay > 0 else None
         start = _restore(resume, run.path, unet, text_encoder, ema, optimizer) if resume else 0
 
@@ -185,29 +207,20 @@ def train_teacher(recipe, *, resume: str | None = None, console: Console | None 
         window: list[float] = []
         with StepProgress(cfg.steps, start, console, True, "teacher") as progress, run.preemption() as preempt:
             for step in range(start, cfg.steps):
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step, cfg)
                 images, prompts = world_batch(step, cfg.batch_size, cfg.seed, size, cfg.dense_fraction, dense_items)
                 generator = torch.Generator().manual_seed(derived_seed(cfg.seed, step, 2))
                 dropped = torch.rand(len(prompts), generator=generator) < cfg.prompt_dropout
                 prompts = ["" if drop else prompt for prompt, drop in zip(prompts, dropped.tolist())]
-                loss = denoising_loss(unet, text_encoder, images, prompt_ids(prompts), alpha_bar, generator,
-                                      cfg.min_snr_gamma)
-                if not torch.isfinite(loss):
-                    raise DmdrError(f"the teacher's loss is {loss.item()} at step {step}: lower world.teacher.lr "
-                                    f"(now {cfg.lr}) and --resume latest")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                optimizer.step()
+                loss, grad_norm = train_step(cfg, step, unet, text_encoder, optimizer, images, prompt_ids(prompts),
+                                             alpha_bar, generator)
                 if ema is not None:
                     ema[0].update(unet)
                     ema[1].update(text_encoder)
-                window.append(loss.item())
+                window.append(loss)
 
                 done = step + 1
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    values = {"loss": float(np.mean(window)), "grad_norm": float(grad_norm),
+                if done % cfg.log_every == 0 or done == cfg.steps or preempt.requested:
+                    values = {"loss": float(np.mean(window)), "grad_norm": grad_norm,
                               "lr": optimizer.param_groups[0]["lr"]}
                     log.write(done, values)
                     progress.update(done, values)

@@ -3,10 +3,15 @@
 The UNet denoises [-1, 1] RGB images directly (pixel space: 3 channels, the world's resolution), so
 `load_family` with family "sd" loads it through exactly the code that loads real SD checkpoints.
 
-Schedule: eps prediction on DDPM betas. Linear betas (1e-4 .. 0.02, DDPM's pixel-space schedule) are
-the default because they end at a signal level of 0.6% at t = 999, so a sampler starting from pure
-noise starts where training did; SD's scaled-linear betas were fitted to latents and leave 7% of the
-signal at t = 999, which a 24 px flat-colour image (its mean colour in particular) would leak.
+Schedule: eps prediction on SD's scaled-linear betas (0.00085 .. 0.012 over 1000 steps). An eps model's
+x0 estimate is (x_t - s eps) / a, and a at t = 999 sets how far an eps error is blown up there. DDPM's
+pixel-space linear betas (1e-4 .. 0.02) leave a = 0.0064: an eps error of 0.05 becomes an x0 error of
+8, and unclipped DDIM carries it to the last step (a 400-step teacher trained so ended with x0 values
+of +-15: noise, not shapes), CFG multiplies it, and DMD's x0-space scores and a 1-step eps student fed
+pure noise at t = 0.999 would inherit it. Scaled-linear betas leave a = 0.068, ten times better
+conditioned, as for SD and its DMD2 students. The price is the one SD pays: 7% of the signal at
+t = 999 that sampling from pure noise lacks; here every image shares the dark background, so that
+signal is mostly the prior anyway. Linear betas stay a recipe choice (world.teacher.beta_schedule).
 Sampling uses DDIM with "trailing" spacing (the first step at t = 999) and no x0 clipping.
 """
 

@@ -96,3 +96,13 @@ def test_a_failure_while_writing_leaves_nothing(trained, tmp_path, monkeypatch):
     with pytest.raises(DmdrError, match="No space left on device"):
         engine.run_export(trained("sd-full-sde").run, fmt="safetensors", out=out)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("name", ["..", "../unet", "a/b", ""])
+def test_names_read_from_model_files_cannot_lead_outside_out(tmp_path, name):
+    """Component names come from the teacher's model_index.json: one like "../x" must not escape the export."""
+    from dmdr_cli.export.output import inside
+
+    with pytest.raises(DmdrError, match="outside the export folder"):
+        inside(tmp_path, name)
+    assert inside(tmp_path, "text_encoder_2") == tmp_path / "text_encoder_2"

@@ -67,7 +67,7 @@ def test_reference_components_loads_with_the_cards_call(trained, export):
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "scheduler", "unet"]
     card = (out / "README.md").read_text()
     teacher = student.recipe.model.pretrained
-    assert f"pipe = DiffusionPipeline.from_pretrained({teacher!r}, torch_dtype=torch.float32, unet=unet, " \
+    assert f'pipe = DiffusionPipeline.from_pretrained("{teacher}", torch_dtype=torch.float32, unet=unet, ' \
            f"scheduler=scheduler)" in card
     unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
     pipe = DiffusionPipeline.from_pretrained(teacher, unet=unet,

@@ -2,6 +2,7 @@
 filled in), builds a pipeline that samples like `dmdr_cli.sampling.sample`, for every kind of export."""
 
 import json
+import shutil
 
 import pytest
 from trained_students import RESOLUTION, assert_reproduces, call_as_the_card_says
@@ -37,14 +38,11 @@ def test_sd3_comfyui_card_points_diffusers_users_to_the_lora_format(trained, exp
 
 def test_model_card_describes_the_student(trained, tmp_path):
     student = trained("sdxl-lora-sde")
-    eval_dir = tmp_path / "run-copy"
-    import shutil
-
-    shutil.copytree(student.run, eval_dir)
-    (eval_dir / "eval").mkdir()
-    (eval_dir / "eval" / "geneval.json").write_text(json.dumps({"overall": 0.56, "tasks": {"counting": 0.5},
-                                                               "note": "not a number"}))
-    card = (run_export(eval_dir, fmt="comfyui", out=tmp_path / "out") / "README.md").read_text()
+    run = shutil.copytree(student.run, tmp_path / "run")  # a copy: the session's run stays as it was
+    (run / "eval").mkdir()
+    (run / "eval" / "geneval.json").write_text(json.dumps({"overall": 0.56, "tasks": {"counting": 0.5},
+                                                          "note": "not a number"}))
+    card = (run_export(run, fmt="comfyui", out=tmp_path / "out") / "README.md").read_text()
     for fact in [f"`{student.recipe.model.pretrained}`", "generator step 120", "| steps | 4,",
                  "0.999, 0.749, 0.499, 0.249", "[999, 749, 499, 249]", "sde: predict x0",
                  "LoRA rank 4, alpha 12", "| geneval | overall | 0.56 |", "| geneval | tasks.counting | 0.5 |",

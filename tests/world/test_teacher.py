@@ -63,13 +63,17 @@ def test_unknown_words_still_tokenize_letter_by_letter():
     assert tokens[:3] == ["<|startoftext|>", "a</w>", "purple</w>"] and "".join(tokens[3:-1]) == "hexagon</w>"
 
 
-def test_linear_schedule_is_the_closed_form_product():
-    betas = np.linspace(1e-4, 0.02, 1000)
-    expected = np.cumprod(1 - betas)
-    np.testing.assert_allclose(alphas_cumprod("linear").double().numpy(), expected, rtol=1e-5)
-    assert expected[-1] < 1e-4  # sampling from pure noise starts where training ended
-    config = scheduler_config("linear")
-    assert config["prediction_type"] == "epsilon" and config["timestep_spacing"] == "trailing"
+def test_schedules_are_their_closed_form_products():
+    linear = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    scaled = np.cumprod(1 - np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2)
+    np.testing.assert_allclose(alphas_cumprod("linear").double().numpy(), linear, rtol=1e-5)
+    np.testing.assert_allclose(alphas_cumprod("scaled_linear").double().numpy(), scaled, rtol=1e-5)
+    # the signal left at t = 999, which divides an eps model's error in its x0 estimate there
+    assert np.sqrt(linear[-1]) == pytest.approx(0.0064, abs=1e-4)
+    assert np.sqrt(scaled[-1]) == pytest.approx(0.068, abs=1e-3)
+    config = scheduler_config(load_recipe(RECIPE).world.teacher.beta_schedule)
+    assert config["beta_schedule"] == "scaled_linear" and config["prediction_type"] == "epsilon"
+    assert config["timestep_spacing"] == "trailing" and not config["clip_sample"]
 
 
 def test_learning_rate_warms_up_then_decays_to_its_floor():
@@ -89,6 +93,19 @@ def test_world_batch_is_a_function_of_seed_and_step():
     assert sum(p in {d["prompt"] for d in dense} for p in prompts) == 3  # the dense share comes last
     other, _ = world_batch(8, 10, seed=3, size=24, dense_fraction=0.3, dense_items=dense)
     assert not torch.equal(images, other)
+
+
+def test_a_dense_item_without_a_layout_is_replaced_by_another():
+    from dmdr_cli.world.dense import describe
+    from dmdr_cli.world.scene import ObjectSpec, Relation, SceneSpec
+
+    # four squares in a row do not fit 16 px: every draw of this item fails, the other always succeeds
+    row = SceneSpec(tuple(ObjectSpec("square", c) for c in ("red", "green", "blue", "white")),
+                    tuple(Relation(i, "right of", i - 1) for i in range(1, 4)))
+    fits = SceneSpec((ObjectSpec("circle", "red"),))
+    items = (describe(row, "impossible"), describe(fits, "possible"))
+    images, prompts = world_batch(0, 4, seed=0, size=16, dense_fraction=1.0, dense_items=items)
+    assert images.shape == (4, 3, 16, 16) and set(prompts) == {items[1]["prompt"]}
 
 
 def test_tiny_teacher_trains_through_the_cli_and_loads_as_sd(tmp_path):

@@ -1,0 +1,122 @@
+"""GenEval and DPG-Bench on folders of real models' samples, split over processes (`accelerate launch`).
+
+- GenEval: the Mask2Former detector and the CLIP ViT-L/14 colour classifier of geneval_detect.py, GenEval's
+  rules (geneval_score.py), per task and overall. The detector is transformers' port, not the official mmdet
+  2.x build: numbers differ slightly from official GenEval, and every report says so.
+- DPG-Bench: any VQA model as `answer(image, question) -> str`: a local image-text-to-text transformers
+  folder, or `module:function` naming one; scored by dpg.py (the official mPLUG-large is not loadable here).
+
+Each process scores every N-th image (GenEval) or prompt (DPG); the main process merges. DPG's category
+means are merged weighted by their question counts, so the merged numbers equal a single-process run's.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import DmdrError
+from ..runtime.distributed import Dist
+from .dpg import AnswerFn, evaluate_dpg, grid_image_paths, load_dpg_csv
+from .geneval_folder import read_prompt_folders
+from .geneval_score import score_image, summarize
+from .shards import gather_records, share
+
+DETECTOR_NOTE = ("Mask2Former Swin-S (COCO instance) through transformers + CLIP ViT-L/14 colour classifier; "
+                 "GenEval's official detector is mmdet 2.x, so numbers differ slightly from official GenEval")
+VQA_NOTE = "the official DPG-Bench VQA is mPLUG-large (ModelScope); numbers with another VQA model are not comparable"
+
+
+def geneval_folder_scores(root: Path, detect, color_classifier, dist: Dist, scratch: Path) -> dict | None:
+    """Per-task and overall GenEval of a GenEval-layout folder (on the main process; None elsewhere)."""
+    entries = read_prompt_folders(root)
+    samples = []
+    for entry in entries:
+        if not entry.samples:
+            raise DmdrError(f"GenEval prompt folder {str(entry.folder)!r} has no samples (samples/0000.png, ...)")
+        samples += [(len(samples) + k, entry, path) for k, path in enumerate(entry.samples)]
+    records = []
+    for index, entry, path in share(samples, dist):
+        with Image.open(path) as raw:  # the official scorer applies EXIF orientation first
+            image = ImageOps.exif_transpose(raw).convert("RGB")
+        classify = color_classifier.for_image(image) if color_classifier is not None else None
+        correct, reason = score_image(entry.metadata, detect(image), classify)
+        records.append({"index": index, "filename": str(path), "tag": entry.metadata["tag"],
+                        "prompt": entry.metadata["prompt"], "correct": bool(correct), "reason": reason})
+    merged = gather_records(records, dist, scratch, "geneval")
+    if merged is None:
+        return None
+    merged.sort(key=lambda r: r["index"])  # tasks are reported in order of first appearance
+    return {"scores": summarize(merged), "images": len(merged), "prompts": len(entries),
+            "failures": [{k: r[k] for k in ("filename", "prompt", "reason")} for r in merged if not r["correct"]][:20]}
+
+
+def load_vqa(spec: str, device: str | None = None) -> tuple[AnswerFn, str]:
+    """--vqa-model: a local image-text-to-text transformers folder, or `module:function` (answer(image, question))."""
+    if not Path(spec).exists() and ":" in spec:
+        return _import_answer(spec), f"{spec} (user function)"
+    from .dpg_vqa import load_transformers_vqa
+
+    return load_transformers_vqa(spec, device=device), f"{spec} (transformers image-text-to-text)"
+
+
+def _import_answer(target: str) -> AnswerFn:
+    module_name, _, attribute = target.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as err:
+        raise DmdrError(f"--vqa-model {target}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?") from None
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise DmdrError(f"--vqa-model {target}: module {module_name!r} has no attribute {attribute!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise DmdrError(f"--vqa-model {target} is a {type(obj).__name__}, not a function answer(image, question)")
+    return obj
+
+
+def dpg_folder_scores(root: Path, csv: Path, answer: AnswerFn, official_compat: bool, dist: Dist,
+                      scratch: Path) -> dict | None:
+    """DPG-Bench overall and per category of a folder of <item_id>.png grids (main process; None elsewhere)."""
+    items = load_dpg_csv(csv, official_compat=official_compat)
+    paths = grid_image_paths(root, items)
+    mine = share(items, dist)
+    part = {"per_item": {}, "dropped": [], "categories": {}, "subcategories": {}}
+    if mine:
+        report = evaluate_dpg(mine, {item.item_id: paths[item.item_id] for item in mine}, answer)
+        scored = [item for item in mine if item.item_id in report.per_item]
+        part = {"per_item": report.per_item, "dropped": report.dropped,
+                "categories": _weighted(report.categories, scored, lambda q: q.broad_category),
+                "subcategories": _weighted(report.subcategories, scored, lambda q: q.category)}
+    parts = gather_records([part], dist, scratch, "dpg")
+    if parts is None:
+        return None
+    per_item = {k: v for p in parts for k, v in p["per_item"].items()}
+    if not per_item:
+        raise DmdrError("DPG-Bench: no prompt could be scored")
+    return {"scores": {"overall": 100 * float(np.mean(list(per_item.values()))),
+                       **_merge_means([p["categories"] for p in parts])},
+            "subcategories": _merge_means([p["subcategories"] for p in parts]), "prompts": len(per_item),
+            "dropped": sorted(d for p in parts for d in p["dropped"]), "official_compat": official_compat}
+
+
+def _weighted(means: dict[str, float], items, category_of) -> dict[str, list[float]]:
+    """{category: [mean, number of answers it averages]}: each scored item's questions count once."""
+    counts: dict[str, int] = {}
+    for item in items:
+        for q in item.questions:
+            counts[category_of(q)] = counts.get(category_of(q), 0) + 1
+    return {c: [v, counts[c]] for c, v in means.items()}
+
+
+def _merge_means(parts: list[dict[str, list[float]]]) -> dict[str, float]:
+    totals: dict[str, list[float]] = {}
+    for part in parts:
+        for c, (mean, n) in part.items():
+            t = totals.setdefault(c, [0.0, 0])
+            t[0] += mean * n
+            t[1] += n
+    return {c: s / n for c, (s, n) in sorted(totals.items()) if n}

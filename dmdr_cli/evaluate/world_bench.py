@@ -1,0 +1,254 @@
+"""The benchmarks of the built-in shapes world, scored exactly: world-GenEval, world-DPG and world-distance.
+
+- world-GenEval: GenEval-format prompts of the world (`world.prompts.generate_prompts`, 4 images each),
+  read by the exact detector (`world.detect.detect_objects`, which also names colours) and judged by the
+  same rules as GenEval (`evaluate.geneval_score`).
+- world-DPG: the world's dense items (`world.dense`), each question answered from the detector's
+  reading of a tile (`world.answer`); dependency masking, tile / image / prompt means and the category
+  breakdown are DPG-Bench's own code (`evaluate.dpg`), with the detector standing in for the VQA model.
+- world-distance: the Fréchet distance between the features (world_features.py) of generated images and
+  of real renders of the same prompts (`world.prompts.render_for`, `world.dense.render_dense`), the
+  render of image i drawn from `numpy.random.default_rng([seed, i])`.
+
+`world_metrics(images, entries)` gives all three for in-memory images (the training engine calls it);
+the `*_folder` functions read what `dmdr sample` wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DmdrError
+from ..world.answer import answer
+from ..world.builtin_prompts import PROMPT_SIZE, VAL_DENSE, VAL_SEED, validation_dense_items
+from ..world.dense import generate_dense_prompts, render_dense
+from ..world.detect import detect_objects
+from ..world.prompts import generate_prompts, render_for
+from ..world.scene import COLORS, SHAPES, check_size
+from .dpg import DpgItem, DpgQuestion, DpgReport, evaluate_dpg, make_grid
+from .frechet import frechet_between
+from .geneval_folder import read_prompt_folders
+from .geneval_prompts import Vocabulary
+from .geneval_score import score_image, summarize
+from .world_features import feature_drift, feature_matrix
+
+WORLD_VOCABULARY = Vocabulary(SHAPES, COLORS)
+GENEVAL_PROMPTS = 553  # GenEval's size
+DPG_ITEMS = VAL_DENSE
+SAMPLES_PER_PROMPT = 4
+ITEMS_FILE = "items.jsonl"  # the dense items of a world-DPG folder
+DETECTOR = "shapes-world exact detector (world/detect.py: colour segmentation + shape templates)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompt sets.
+
+def world_geneval_metadata(size: int, n: int | None = None) -> tuple[list[dict], str]:
+    """(metadata, description): builtin:world-val's GenEval-style prompts (seed 1) that fit `size` px."""
+    n = GENEVAL_PROMPTS if n is None else n
+    records = generate_prompts(n, seed=VAL_SEED, size=check_size(size))
+    return records, f"shapes-world GenEval prompts (generate_prompts: {n}, seed {VAL_SEED}, {size} px)"
+
+
+def world_dpg_items(size: int, n: int | None = None) -> tuple[list[dict], str]:
+    """(dense items, description): builtin:world-val's held-out dense items where they fit, else a fresh draw."""
+    n = DPG_ITEMS if n is None else n
+    if check_size(size) >= PROMPT_SIZE and n <= len(validation_dense_items()):
+        return list(validation_dense_items()[:n]), f"shapes-world dense items (builtin:world-val, first {n})"
+    items = generate_dense_prompts(n, seed=VAL_SEED, size=size)
+    return items, f"shapes-world dense items (generate_dense_prompts: {n}, seed {VAL_SEED}, {size} px; may overlap training)"
+
+
+def is_world_metadata(records: Sequence[dict]) -> bool:
+    """GenEval-format metadata naming the world's shapes rather than COCO classes."""
+    classes = {req["class"] for record in records for req in record.get("include", [])}
+    return bool(classes) and classes <= set(SHAPES)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring images.
+
+def as_uint8(image) -> np.ndarray:
+    """H x W x 3 uint8 from a PIL image, a uint8 array, or a (3, H, W) / (H, W, 3) float tensor in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.dtype != np.uint8:
+        if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+            array = array.transpose(1, 2, 0)
+        array = np.clip(np.round(array.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    return array
+
+
+def geneval_results(images: Sequence[np.ndarray], metadata: Sequence[dict]) -> list[dict]:
+    """One {"tag", "prompt", "correct", "reason"} record per image (colours come with the detections)."""
+    results = []
+    for image, meta in zip(images, metadata, strict=True):
+        correct, reason = score_image(meta, detect_objects(image))
+        results.append({"tag": meta["tag"], "prompt": meta["prompt"], "correct": bool(correct), "reason": reason})
+    return results
+
+
+def as_dpg_item(item: dict) -> DpgItem:
+    """A world dense item in DPG-Bench's terms (its category is the prefix of the tuple text)."""
+    questions = tuple(
+        DpgQuestion(q["proposition_id"], tuple(q["dependency"]),
+                    f"{q['category']} - {q['check']['kind']} ({q['question'].rstrip('?')})", q["question"])
+        for q in item["questions"])
+    return DpgItem(item["item_id"], item["prompt"], questions)
+
+
+class DetectorVQA:
+    """DPG-Bench's `answer(image, question)` for world questions: the question's check, read from the exact
+    detector's detections of the tile (detected once per tile, not once per question)."""
+
+    def __init__(self, items: Sequence[dict]):
+        self.checks: dict[str, dict] = {}
+        for item in items:
+            for q in item["questions"]:
+                known = self.checks.setdefault(q["question"], q["check"])
+                if known != q["check"]:
+                    raise ValueError(f"question {q['question']!r} has two different checks: {known} and {q['check']}")
+        self._tile: Image.Image | None = None
+        self._detections: list[dict] = []
+
+    def __call__(self, image: Image.Image, question: str) -> str:
+        if image is not self._tile:
+            self._tile, self._detections = image, detect_objects(as_uint8(image))
+        return "yes" if answer(self.checks[question], self._detections) else "no"
+
+
+def dpg_report(items: Sequence[dict], grids: dict[str, Image.Image | str | Path], rows: int = 2,
+               cols: int = 2) -> DpgReport:
+    """DPG-Bench scoring (evaluate.dpg) of world items, one rows x cols grid image per item id."""
+    return evaluate_dpg([as_dpg_item(item) for item in items], grids, DetectorVQA(items), rows, cols)
+
+
+def dpg_summary(report: DpgReport) -> dict:
+    return {"overall": report.score, **{c: v for c, v in sorted(report.categories.items())}}
+
+
+def reference_renders(entries: Sequence[dict], size: int, seed: int = 0) -> list[np.ndarray]:
+    """A real render for each entry (GenEval metadata or a dense item): entry i from default_rng([seed, i])."""
+    renders = []
+    for i, entry in enumerate(entries):
+        rng = np.random.default_rng([seed, i])
+        render = render_dense if "questions" in entry else render_for
+        renders.append(render(entry, rng, size)[0])
+    return renders
+
+
+def distance_summary(images: Sequence[np.ndarray], entries: Sequence[dict], seed: int = 0) -> dict:
+    """{"distance", "drift", "n"}: generated images against real renders of the same entries."""
+    if len(images) < 2:
+        raise DmdrError(f"world-distance needs at least 2 images, got {len(images)}")
+    size = images[0].shape[0]
+    generated = feature_matrix(images)
+    real = feature_matrix(reference_renders(entries, size, seed))
+    return {"distance": frechet_between(generated, real), "drift": feature_drift(generated, real), "n": len(images)}
+
+
+def world_metrics(images, entries: Sequence[dict], *, seed: int = 0,
+                  reward: Callable | None = None) -> dict:
+    """World-GenEval, world-DPG and world-distance of in-memory images, for a training engine's tables.
+
+    images: a (N, 3, H, W) float tensor in [0, 1], or N uint8 H x W x 3 arrays or PIL images.
+    entries[i]: what image i was prompted with: GenEval-format metadata (has "tag") or a dense item (has
+    "questions"); a dense item's images are its DPG tiles (every item needs the same number of images).
+    reward: optional `reward(images_tensor, prompts) -> scores`, e.g. a `Reward`; its mean is reported.
+
+    Returns {"n_images", "geneval": {task: accuracy, "overall"}, "dpg": {"overall", category: 0-100},
+    "distance", "distance_drift", "reward"}, each key present when it applies.
+    """
+    arrays = [as_uint8(image) for image in images]
+    if len(arrays) != len(entries):
+        raise ValueError(f"{len(arrays)} images but {len(entries)} entries: give one entry per image")
+    out: dict = {"n_images": len(arrays)}
+    geneval = [i for i, entry in enumerate(entries) if "tag" in entry]
+    dense = [i for i, entry in enumerate(entries) if "questions" in entry]
+    if geneval:
+        out["geneval"] = summarize(geneval_results([arrays[i] for i in geneval], [entries[i] for i in geneval]))
+    if dense:
+        out["dpg"] = dpg_summary(_dpg_in_memory([arrays[i] for i in dense], [entries[i] for i in dense]))
+    if len(arrays) >= 2:
+        distance = distance_summary(arrays, entries, seed)
+        out["distance"], out["distance_drift"] = distance["distance"], distance["drift"]
+    if reward is not None:
+        import torch
+
+        tensor = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays])
+        with torch.no_grad():
+            out["reward"] = float(reward(tensor, [e["prompt"] for e in entries]).float().mean())
+    return out
+
+
+def _dpg_in_memory(tiles: list[np.ndarray], entries: list[dict]) -> DpgReport:
+    by_item: dict[str, list[np.ndarray]] = {}
+    items: dict[str, dict] = {}
+    for tile, entry in zip(tiles, entries):
+        by_item.setdefault(entry["item_id"], []).append(tile)
+        items[entry["item_id"]] = entry
+    counts = {len(v) for v in by_item.values()}
+    if len(counts) != 1:
+        raise ValueError(f"every dense item needs the same number of images, got {sorted(counts)}")
+    cols = counts.pop()
+    grids = {k: make_grid([Image.fromarray(t) for t in v], rows=1, cols=cols) for k, v in by_item.items()}
+    return dpg_report(list(items.values()), grids, rows=1, cols=cols)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Folders written by `dmdr sample`.
+
+def read_geneval_folder(root: str | Path) -> tuple[list[np.ndarray], list[dict], list[dict]]:
+    """(images, metadata per image, metadata per prompt) of a world GenEval-layout folder, in sample order."""
+    entries = read_prompt_folders(root, WORLD_VOCABULARY)
+    images, per_image = [], []
+    for entry in entries:
+        if not entry.samples:
+            raise DmdrError(f"GenEval prompt folder {str(entry.folder)!r} has no samples (samples/0000.png, ...)")
+        for path in entry.samples:
+            with Image.open(path) as image:
+                images.append(np.asarray(image.convert("RGB")))
+            per_image.append(entry.metadata)
+    return images, per_image, [entry.metadata for entry in entries]
+
+
+def geneval_folder(root: str | Path) -> dict:
+    images, metadata, prompts = read_geneval_folder(root)
+    results = geneval_results(images, metadata)
+    return {"scores": summarize(results), "images": len(results), "prompts": len(prompts), "detector": DETECTOR,
+            "failures": [r for r in results if not r["correct"]][:20]}
+
+
+def distance_folder(root: str | Path, seed: int = 0) -> dict:
+    images, metadata, _ = read_geneval_folder(root)
+    summary = distance_summary(images, metadata, seed)
+    summary["features"] = "detector readings + pixel statistics (evaluate/world_features.py)"
+    summary["reference"] = f"render_for on the same metadata, image i from default_rng([{seed}, i])"
+    return summary
+
+
+def write_items(folder: Path, items: Sequence[dict]) -> None:
+    (folder / ITEMS_FILE).write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+
+
+def read_items(folder: str | Path) -> list[dict]:
+    path = Path(folder) / ITEMS_FILE
+    if not path.is_file():
+        raise DmdrError(f"{path} does not exist: a world-DPG folder written by `dmdr sample --bench dpg` of a world "
+                        f"model lists its dense items there")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def dpg_folder(root: str | Path) -> dict:
+    from .dpg import grid_image_paths
+
+    items = read_items(root)
+    report = dpg_report(items, grid_image_paths(root, [as_dpg_item(item) for item in items]))
+    return {"scores": dpg_summary(report), "subcategories": report.subcategories, "prompts": report.n_prompts,
+            "vqa": f"{DETECTOR} + world/answer.py"}
