@@ -156,7 +156,9 @@ def bench_geneval_detector(args) -> None:
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
     from PIL import Image
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
+    from transformers import (
+        Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig,
+    )
 
     from dmdr_cli.evaluate.geneval_detect import ClipColorClassifier, Mask2FormerDetector
     from dmdr_cli.evaluate.geneval_prompts import CLASSES, COCO_RENAMES
@@ -168,14 +170,16 @@ def bench_geneval_detector(args) -> None:
                           window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
     config = Mask2FormerConfig(backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
                                encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2,
-                               num_attention_heads=2, num_queries=12, num_labels=80, id2label=dict(enumerate(coco_names)))
+                               num_attention_heads=2, num_queries=12, num_labels=80,
+                               id2label=dict(enumerate(coco_names)))
     processor = Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}, size_divisor=32)
     detect = Mask2FormerDetector(Mask2FormerForUniversalSegmentation(config).eval(), processor, min_score=0.0,
                                  max_per_image=20, shortest_edge=64)
     clip = open_clip.CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8,
                                                                  image_size=32),
                           text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
-    colors = ClipColorClassifier(clip, open_clip.image_transform(32, is_train=False), open_clip.get_tokenizer("ViT-L-14"))
+    colors = ClipColorClassifier(clip, open_clip.image_transform(32, is_train=False),
+                                 open_clip.get_tokenizer("ViT-L-14"))
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(8)]
     meta = {"tag": "color_attr", "include": [{"class": "car", "count": 1, "color": "red"},

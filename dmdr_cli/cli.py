@@ -240,8 +240,9 @@ class SampleBench(str, Enum):
 
 ModelArg = typer.Argument(
     ..., show_default=False,
-    help="A run folder, a checkpoint folder, or a teacher: teacher:<family>:<path or hub id> (bare: CFG 7, unconditional "
-         "\"\") or teacher:RUN_OR_RECIPE (the run's teacher with its recipe's CFG and unconditional input).")
+    help="A run folder, a checkpoint folder, or a teacher: teacher:<family>:<path or hub id> (bare: CFG 7, "
+         "unconditional \"\") or teacher:RUN_OR_RECIPE (the run's teacher with its recipe's CFG and unconditional "
+         "input).")
 
 
 def _sample_options(**values):
@@ -262,7 +263,8 @@ def _sample_options(**values):
          "  dmdr sample runs/sdxl-4step --prompts prompts.txt --out samples/sdxl-4step --grid\n\n"
          "  dmdr sample teacher:sd3:stabilityai/stable-diffusion-3-medium-diffusers --bench geneval "
          "--geneval-metadata evaluation_metadata.jsonl --out samples/sd3-teacher\n\n"
-         "  dmdr sample runs/sd3m/checkpoints/step-004000 --bench dpg --dpg-csv dpg_bench.csv --out samples/sd3m-dpg\n\n"
+         "  dmdr sample runs/sd3m/checkpoints/step-004000 --bench dpg --dpg-csv dpg_bench.csv "
+         "--out samples/sd3m-dpg\n\n"
          "  dmdr sample teacher:runs/world-dmdr --bench geneval --out samples/world-teacher --batch 64\n\n"
          "  accelerate launch --num_processes 8 -m dmdr_cli sample runs/sdxl-4step --bench geneval --out samples/g",
 )
@@ -271,7 +273,8 @@ def sample(
     model: str = ModelArg,
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the images (an existing one with the same settings "
                                                       "is resumed).", show_default=False),
-    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable).", show_default=False),
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable).",
+                                               show_default=False),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="A text file, one prompt per line, or builtin:NAME.",
                                           show_default=False),
     bench: Optional[SampleBench] = typer.Option(None, "--bench", help="Write a benchmark's image set.",

@@ -50,3 +50,15 @@ def save_sample_grid(ctx, prompts: list[str], cond, folder: Path, step: int, see
     tmp.replace(path)
     (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
     return path
+
+
+def validate(ctx, prompts: list[str], cond, rewards, seed: int) -> tuple[dict, torch.Tensor]:
+    """Held-out prompts, fixed seeds: the student's images and, where the run has rewards, their mean scores."""
+    images = student_images(ctx, cond, seed, tag="validation")
+    metrics = {}
+    with torch.no_grad():
+        for reward, _spec in rewards:
+            metrics[f"val_{reward.name}"] = float(reward(images.to(reward.device), prompts).mean())
+    if metrics:
+        metrics["val_reward_weighted"] = sum(spec.weight * metrics[f"val_{r.name}"] for r, spec in rewards)
+    return metrics, images

@@ -98,7 +98,12 @@ def _looks_like_world(folder: Path) -> bool:
 
 
 def default_report_dir(model: str | None, images: Path | None) -> Path:
-    name = Path(images).name if images is not None else model.split(":")[-1].rstrip("/").split("/")[-1]
+    """reports/<folder or model name>; a teacher's is prefixed, so it never lands in its student's report."""
+    if images is not None:
+        name = Path(images).name
+    else:
+        name = model.split(":")[-1].rstrip("/").split("/")[-1]
+        name = f"teacher-{name}" if model.startswith("teacher:") else name
     return Path("reports") / (re.sub(r"[^\w.-]+", "-", name).strip("-") or "model")
 
 
@@ -147,7 +152,9 @@ def _load_judges(subject: Subject, benches: list[str], options: EvaluateOptions,
         if subject.world:
             return judges
         if "geneval" in benches:
-            from ..evaluate.geneval_detect import DEFAULT_DETECTOR, load_clip_color_classifier, load_mask2former_detector
+            from ..evaluate.geneval_detect import (
+                DEFAULT_DETECTOR, load_clip_color_classifier, load_mask2former_detector,
+            )
 
             judges.detect = load_mask2former_detector(options.detector or DEFAULT_DETECTOR, device=str(device))
             judges.colors = load_clip_color_classifier(options.color_clip, device=str(device))

@@ -26,7 +26,7 @@ from ..runtime.rundir import RunFolder
 from ..dmd.networks import build_networks
 from ..dmd.randomness import StepRandomness, key_seed
 from ..dmd.step import StepContext, dmd_generator_loss, fake_score_step_loss, generator_sample
-from ..dmd.validation import save_sample_grid
+from ..dmd.validation import grid_image, save_sample_grid, validate
 from ..dmd.init_weights import apply_init
 from ..rl.branch import build_rl_branch
 
@@ -171,6 +171,22 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         (fake_loss / A).backward()
         fake_losses.append(fake_loss.detach())
 
+    val_cond = conds[[index_of[p] for p in val_prompts]]
+    val_rewards = rl_branch.rewards if rl_branch is not None else []
+
+    def run_validation(k: int, best: float | None) -> float | None:
+        """Validation metrics into the log, a grid into samples/, and the best checkpoint by weighted reward."""
+        metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
+        (run.path / "samples").mkdir(exist_ok=True)
+        grid_image(images).save(run.path / "samples" / f"validation-{k:06d}.png")
+        log.write(k, metrics)
+        score = metrics.get("val_reward_weighted")
+        if score is not None and (best is None or score > best):
+            ckpt.mark_best(run.path, k, metrics)
+            return score
+        return best
+
+    best = None
     title = "cold start" if stage == "coldstart" else "distill"
     k = start
     with StepProgress(total_steps, start, console, dist.is_main, title) as progress, run.preemption() as preempt:
@@ -207,10 +223,13 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
                 progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
             if cfg.train.sample_every and k % cfg.train.sample_every == 0 and dist.is_main:
-                save_sample_grid(ctx, val_prompts, conds[[index_of[p] for p in val_prompts]], run.path / "samples",
+                save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
                                  k, cfg.train.seed)
-            if (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps:
+            validating = cfg.train.validate_every and k % cfg.train.validate_every == 0
+            if (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps or validating:
                 save(k)
+            if validating and dist.is_main:
+                best = run_validation(k, best)
             elif preempt.requested:
                 save(k)
             if preempt.requested:
@@ -219,7 +238,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 log.close()
                 raise SystemExit(preempt.exit_code)
     if dist.is_main and cfg.train.sample_every:
-        save_sample_grid(ctx, val_prompts, conds[[index_of[p] for p in val_prompts]], run.path / "samples",
+        save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
                          k, cfg.train.seed)
     log.close()
     run.close()

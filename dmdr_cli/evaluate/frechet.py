@@ -39,7 +39,8 @@ def trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
 def frechet_distance(mu_a, cov_a, mu_b, cov_b) -> float:
     """Squared Fréchet distance of two Gaussians; 0 for identical statistics (clipped at 0 against rounding)."""
     mu_a, mu_b = np.asarray(mu_a, dtype=np.float64), np.asarray(mu_b, dtype=np.float64)
-    cov_a, cov_b = np.atleast_2d(np.asarray(cov_a, dtype=np.float64)), np.atleast_2d(np.asarray(cov_b, dtype=np.float64))
+    cov_a = np.atleast_2d(np.asarray(cov_a, dtype=np.float64))
+    cov_b = np.atleast_2d(np.asarray(cov_b, dtype=np.float64))
     if mu_a.shape != mu_b.shape or cov_a.shape != cov_b.shape or cov_a.shape != (mu_a.size, mu_a.size):
         raise ValueError(f"mismatched statistics: means {mu_a.shape} / {mu_b.shape}, "
                          f"covariances {cov_a.shape} / {cov_b.shape}")

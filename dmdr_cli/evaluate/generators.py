@@ -7,7 +7,8 @@ refused before anything loads; `load_sampler` then builds the callable that turn
     runs/sdxl-4step/checkpoints/step-004000           a checkpoint folder
     teacher:sd3:stabilityai/stable-diffusion-3-medium-diffusers    a bare teacher (CFG 7, unconditional "")
     teacher:runs/sdxl-4step                           the teacher a run distils, with its recipe's
-                                                      guidance.uncond, CFG (sample.cfg or guidance.scale) and model settings
+                                                      guidance.uncond, CFG (sample.cfg or guidance.scale)
+                                                      and model settings (also teacher:RECIPE.yaml)
 
 Students sample with `sampling.sample` at their own times and sampler mode, without CFG (NFE = steps);
 teachers with their own diffusers scheduler via `sampling.teacher_sample` (NFE = 2 x steps with CFG).
@@ -90,7 +91,8 @@ def _open_student(spec: str) -> ModelRef:
     path = Path(spec).expanduser()
     if not path.exists():
         raise DmdrError(f"MODEL {spec!r} does not exist: give a run folder, a checkpoint folder, or a teacher as "
-                        f"teacher:<family>:<path or hub id> (e.g. teacher:sdxl:stabilityai/stable-diffusion-xl-base-1.0)")
+                        f"teacher:<family>:<path or hub id> (e.g. "
+                        f"teacher:sdxl:stabilityai/stable-diffusion-xl-base-1.0)")
     if (path / "model_index.json").is_file():
         raise DmdrError(_pipeline_folder_message(path))
     source = open_checkpoint(path)
@@ -192,14 +194,6 @@ class Sampler:
     @property
     def nfe(self) -> int:
         return nfe_of(self.ref.kind, self.steps, self.cfg)
-
-    def describe(self) -> dict:
-        out = {"model": self.ref.label, "kind": self.ref.kind, "steps": self.steps, "nfe": self.nfe}
-        if self.ref.kind == "teacher":
-            out["cfg"] = self.cfg
-        else:
-            out.update(times=[round(t, 6) for t in self.times], sampler=self.mode)
-        return out
 
     def _autocast(self):
         if self.device.type == "cuda":

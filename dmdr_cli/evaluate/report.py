@@ -57,7 +57,8 @@ def format_value(value) -> str:
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(format_value(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
+    cells = [[v if isinstance(v, str) else format_value(v) for v in row] for row in rows]
+    return lines + ["| " + " | ".join(row) + " |" for row in cells]
 
 
 def write_report(folder: Path, report: dict) -> list[Path]:
@@ -113,8 +114,9 @@ def _markdown(report: dict, chart: bool, grids: list[str]) -> str:
             lines += [""]
     if "world-distance" in benches:
         d = benches["world-distance"]
-        lines += ["## World distance", "", f"Fréchet distance {d['distance']:.4g} over {d['n']} images: {d['features']}; "
-                                           f"reference: {d['reference']}.", ""]
+        lines += ["## World distance", "",
+                  f"Fréchet distance {d['distance']:.4g} over {d['n']} images: {d['features']}; "
+                  f"reference: {d['reference']}.", ""]
         if d.get("drift"):
             lines += _table(["feature (moved most)", "generated", "real"],
                             [[x["feature"], x["generated"], x["real"]] for x in d["drift"]]) + [""]

@@ -61,7 +61,8 @@ def world_dpg_items(size: int, n: int | None = None) -> tuple[list[dict], str]:
     if check_size(size) >= PROMPT_SIZE and n <= len(validation_dense_items()):
         return list(validation_dense_items()[:n]), f"shapes-world dense items (builtin:world-val, first {n})"
     items = generate_dense_prompts(n, seed=VAL_SEED, size=size)
-    return items, f"shapes-world dense items (generate_dense_prompts: {n}, seed {VAL_SEED}, {size} px; may overlap training)"
+    source = f"shapes-world dense items (generate_dense_prompts: {n}, seed {VAL_SEED}, {size} px; may overlap training)"
+    return items, source
 
 
 def is_world_metadata(records: Sequence[dict]) -> bool:

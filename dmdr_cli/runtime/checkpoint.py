@@ -113,11 +113,22 @@ def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
 
 def prune(root: Path, keep: int) -> None:
     done = complete_checkpoints(root)
+    best = root / "best"
+    protected = (root / best.read_text().strip()) if best.is_file() else None
     for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != protected:  # the best checkpoint by validation outlives the rotation
+            shutil.rmtree(old, ignore_errors=True)
     for partial in root.glob(".partial-*"):  # left by a killed run
         if not partial.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def mark_best(run_dir: Path, step: int, metrics: dict) -> None:
+    """Point `checkpoints/best` at checkpoint `step` (written atomically) and record why."""
+    root = run_dir / "checkpoints"
+    (root / ".best.tmp").write_text(step_dir_name(step) + "\n")
+    os.replace(root / ".best.tmp", root / "best")
+    write_json(root / "best.json", {"step": step, **metrics})
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

@@ -48,3 +48,42 @@ def test_refl_gradient_moves_generator_toward_reward(tiny_sd_pixel, tmp_path):
 def test_grpo_refuses_one_step_student(tiny_sd, tmp_path):
     res = invoke("distill", rl_recipe(tmp_path, "sd", tiny_sd, tmp_path / "run", "grpo"), "student.steps=1")
     assert res.exit_code == 2 and "1-step" in res.output
+
+
+def test_validation_logs_reward_and_tracks_best(tiny_sd, tmp_path):
+    run = tmp_path / "run"
+    path = recipe(tmp_path, "sd", tiny_sd, run, coldstart={"steps": 1},
+                  train={"steps": 3, "sample_every": 0, "validate_every": 1, "keep_checkpoints": 1},
+                  rl={"algorithm": "refl", "rewards": [REWARD]})
+    ok("distill", path)
+    rows = [r for r in log_rows(run) if "val_custom" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    best_step = max(rows, key=lambda r: r["val_reward_weighted"])["step"]
+    best = (run / "checkpoints" / "best").read_text().strip()
+    assert best == f"step-{best_step:06d}" and (run / "checkpoints" / best / "state.json").is_file()
+    assert (run / "samples" / "validation-000003.png").is_file()
+
+
+def test_refl_gradient_reaches_only_the_generator(tiny_sd):
+    """One ReFL backward: generator weights get gradients; teacher, guidance LoRA and reward get none."""
+    from dmdr_cli.dmd.networks import build_networks
+    from dmdr_cli.families import FAMILIES, load_family
+    from dmdr_cli.recipe import validate
+    from dmdr_cli.rl.branch import build_rl_branch
+
+    cfg = validate({"model": {"family": "sd", "pretrained": str(tiny_sd), "resolution": 16, "dtype": "fp32"},
+                    "guidance": {"lora_rank": 4}, "train": {"steps": 2},
+                    "rl": {"algorithm": "refl", "rewards": [REWARD]}})
+    fam = load_family(cfg.model)
+    nets = build_networks(fam.denoiser, cfg, FAMILIES["sd"])
+    branch = build_rl_branch(cfg, torch.device("cpu"), "distill")
+    branch.attach(fam, nets)
+    cond = fam.encode_prompts(["a red circle", "a cat"])
+    x = torch.randn(2, fam.latent_channels, 8, 8)
+    x0 = fam.predict_x0(nets.as_generator(), x, torch.full((2,), 0.999), cond)
+    loss, _ = branch.loss(None, x0, cond, ["a red circle", "a cat"], None, 0)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets.generator_params)
+    assert all(p.grad is None for p in nets.fake_params)
+    assert all(p.grad is None for n, p in nets.guidance.named_parameters() if "lora_" not in n)
+    assert all(p.grad is None for p in fam.components.vae.parameters())
