@@ -109,15 +109,20 @@ def score_models(real: bool, device: torch.device) -> dict:
         register_tiny_open_clip()
     hps_arch, clip_arch, aesthetic_arch = ("ViT-H-14", "ViT-H-14-quickgelu", "ViT-L-14") if real else (TINY_ARCH,) * 3
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    aesthetic_clip = build_open_clip(aesthetic_arch, quick_gelu=real)
-    models = {
-        "clip": OpenClipCosineReward.from_modules(build_open_clip(clip_arch), open_clip_tokenizer(clip_arch)),
-        "aesthetic": AestheticReward.from_modules(aesthetic_clip.visual,
-                                                  AestheticHead(int(aesthetic_clip.visual.output_dim))),
-        "pick": PickScoreReward.from_modules(*pickscore_model(real)),
-        "hps": OpenClipCosineReward.from_modules(build_open_clip(hps_arch), open_clip_tokenizer(hps_arch)),
+
+    def ready(model):  # each model leaves the CPU as soon as it is built: one at a time in host memory
+        return model.to(device=device, dtype=dtype).freeze()
+
+    def aesthetic():
+        clip = build_open_clip(aesthetic_arch, quick_gelu=real)  # OpenAI's ViT-L/14 uses QuickGELU
+        return AestheticReward.from_modules(clip.visual, AestheticHead(int(clip.visual.output_dim)))
+
+    return {
+        "clip": ready(OpenClipCosineReward.from_modules(build_open_clip(clip_arch), open_clip_tokenizer(clip_arch))),
+        "aesthetic": ready(aesthetic()),
+        "pick": ready(PickScoreReward.from_modules(*pickscore_model(real))),
+        "hps": ready(OpenClipCosineReward.from_modules(build_open_clip(hps_arch), open_clip_tokenizer(hps_arch))),
     }
-    return {name: model.to(device=device, dtype=dtype).freeze() for name, model in models.items()}
 
 
 def bench_scores(args, device: torch.device) -> None:

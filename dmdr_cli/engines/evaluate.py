@@ -139,6 +139,9 @@ def _check_inputs(subject: Subject, benches: list[str], options: EvaluateOptions
                             "load in transformers)")
     if "scores" in benches and subject.ref is not None and options.prompts is None and not subject.world:
         raise DmdrError("--bench scores with --model needs prompts: --prompts FILE (one per line) or --prompt TEXT")
+    if subject.images is not None and options.prompts is not None:
+        raise DmdrError("--prompt / --prompts choose what --model samples: an image folder's prompts are in its "
+                        "samples.jsonl; drop them")
 
 
 def _load_judges(subject: Subject, benches: list[str], options: EvaluateOptions, device, console) -> Judges:
@@ -197,7 +200,7 @@ def _score(bench: str, folder: Path, subject: Subject, judges: Judges, options: 
            scratch: Path, console: Console) -> dict | None:
     """One benchmark's section of the report (on the main process; None elsewhere)."""
     settings = sample_sets.read_settings(folder)
-    base = {"samples": str(folder.resolve())}
+    base = {"samples": str(folder.resolve()), "sampling": settings}
     if bench == "scores":
         from ..evaluate.scores import default_workers, dist_score_rows, summarize_scores
 

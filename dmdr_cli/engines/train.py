@@ -19,12 +19,13 @@ from ..errors import DmdrError
 from ..recipe import Recipe, to_yaml
 from ..runtime import checkpoint as ckpt
 from ..runtime.distributed import Dist
-from ..runtime.faults import fault_point
+from ..runtime.faults import fault_point, inject_nan
 from ..runtime.monitor import MetricsLog, StepProgress
 from ..runtime.precision import autocast_dtype, frozen_dtype, make_optimizer, setup_backends
 from ..runtime.rundir import RunFolder
 from ..dmd.networks import build_networks
-from ..dmd.randomness import StepRandomness, key_seed
+from ..dmd.ode_regression import make_pairs, regression_loss
+from ..dmd.randomness import StepRandomness, key_seed, keyed_generator
 from ..dmd.step import StepContext, dmd_generator_loss, fake_score_step_loss, generator_sample
 from ..dmd.validation import grid_image, save_sample_grid, validate
 from ..dmd.init_weights import apply_init
@@ -37,25 +38,28 @@ class NonFiniteGuard:
     def __init__(self, limit: int):
         self.limit, self.in_a_row, self.skipped = limit, 0, 0
 
-    def check(self, term: str, values: list[torch.Tensor]) -> bool:
+    def check(self, term: str, values: list[torch.Tensor], parts: dict[str, torch.Tensor] | None = None) -> bool:
+        """`parts`: the named loss terms summed into the update, so the message can say which one broke."""
         if all(bool(torch.isfinite(v).all()) for v in values):
             self.in_a_row = 0
             return True
         self.in_a_row += 1
         self.skipped += 1
         if self.in_a_row >= self.limit:
+            term = next((name for name, v in (parts or {}).items() if not bool(torch.isfinite(v).all())), term)
             raise DmdrError(f"{self.in_a_row} non-finite updates in a row in the {term} term; the last good "
                             f"checkpoint is kept: lower the learning rates or check the reward, then --resume latest")
         return False
 
 
 def apply_update(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, clip: float, dist: Dist,
-                 guard: NonFiniteGuard, term: str, loss: torch.Tensor) -> tuple[bool, float]:
+                 guard: NonFiniteGuard, term: str, loss: torch.Tensor,
+                 parts: dict[str, torch.Tensor] | None = None) -> tuple[bool, float]:
     """All-reduce gradients, clip, and step, unless anything is non-finite (then the update is skipped)."""
     grads = [p.grad for p in params if p.grad is not None]
     dist.average_gradients(grads)
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-    ok = guard.check(term, [loss.detach(), norm])
+    ok = guard.check(term, [loss.detach(), norm], parts)
     if ok:
         opt.step()
     opt.zero_grad(set_to_none=True)
@@ -157,17 +161,20 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         fault_point("after-generator-forward")
         if gen_turn:
             loss_dmd, dmd_stats = dmd_generator_loss(ctx, x0_g, cond, rng, k)
+            loss_dmd = inject_nan("dmd", loss_dmd, k)
             loss = cfg.dmd.weight * loss_dmd
             if rl_on:
                 loss_rl, rl_stats = rl_branch.loss(ctx, x0_g, cond, texts, rng, k)
+                loss_rl = inject_nan("rl", loss_rl, k)
                 loss = loss + cfg.rl.weight * loss_rl
                 stats.update(rl_stats)
                 stats["rl_loss"] = loss_rl.detach()
             nets.as_generator()
             (loss / A).backward()
             stats.update(dmd_stats)
+            stats["dmd_loss"] = loss_dmd.detach()
             stats["generator_loss"] = loss.detach()
-        fake_loss = fake_score_step_loss(ctx, x0_g, cond, rng, k)
+        fake_loss = inject_nan("fake", fake_score_step_loss(ctx, x0_g, cond, rng, k), k)
         (fake_loss / A).backward()
         fake_losses.append(fake_loss.detach())
 
@@ -185,6 +192,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             ckpt.mark_best(run.path, k, metrics)
             return score
         return best
+
+    if start == 0 and cfg.ode_regression.steps and not init:
+        ode_warm_start(ctx, conds, run.path, dist, log, console)
 
     best = None
     title = "cold start" if stage == "coldstart" else "distill"
@@ -219,7 +229,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             stats["nonfinite_skipped"] = guard_g.skipped + guard_f.skipped
             if k % cfg.train.log_every == 0 or k == total_steps or k == start + 1:  # the only host syncs for stats
                 stats.update(memory_stats(device))
-                scalars = {n: float(v) for n, v in stats.items() if _is_scalar(v)}
+                scalars = {n: float(v) for n, v in dist.mean_scalars(stats).items() if _is_scalar(v)}
                 log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
                 progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
             if cfg.train.sample_every and k % cfg.train.sample_every == 0 and dist.is_main:
@@ -245,6 +255,34 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     if dist.is_main:
         console.print(f"[green]done[/]: {total_steps} generator steps; checkpoints in {run.path / 'checkpoints'}")
     return run.path
+
+
+def ode_warm_start(ctx, conds, run_dir: Path, dist: Dist, log: MetricsLog, console: Console) -> None:
+    """Regress the student onto teacher ODE outputs before generator step 0 (ode_regression section)."""
+    cfg = ctx.cfg
+    n = cfg.ode_regression.pairs
+    with StepProgress(n, 0, console, dist.is_main, "ODE pairs") as progress:
+        done = [0]
+
+        def advance(count):
+            done[0] += count
+            progress.update(done[0], {})
+
+        pairs = make_pairs(ctx, conds, n, cfg.train.seed, run_dir / "ode_pairs.safetensors", advance)
+    opt = make_optimizer(ctx.nets.generator_params, cfg.ode_regression.lr or cfg.train.lr_generator, cfg.train, ctx.device)
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    B = cfg.train.batch_size
+    with StepProgress(cfg.ode_regression.steps, 0, console, dist.is_main, "ODE regression") as progress:
+        for it in range(cfg.ode_regression.steps):
+            g = keyed_generator(cfg.train.seed, "ode-regression", it)
+            rows = torch.randperm(n, generator=g)[dist.rank * B:(dist.rank + 1) * B]
+            loss = regression_loss(ctx, pairs, conds, rows)
+            loss.backward()
+            apply_update(ctx.nets.generator_params, opt, cfg.train.grad_clip, dist, guard, "ODE regression", loss)
+            if (it + 1) % cfg.train.log_every == 0 or it + 1 == cfg.ode_regression.steps:
+                value = dist.mean_scalars({"ode_regression_loss": loss.detach()})["ode_regression_loss"]
+                log.write(0, {"phase": "ode_regression", "iteration": it + 1, "ode_regression_loss": float(value)})
+                progress.update(it + 1, {"loss": float(value)})
 
 
 def encode_all(family, prompts: list[str], device, batch: int = 64):

@@ -178,6 +178,18 @@ class TrainSection(Section):
     max_nonfinite_steps: int = Field(5, ge=1, description="Consecutive non-finite updates before the run stops.")
 
 
+class ODERegressionSection(Section):
+    """Optional warm start of a (1-step) student before the cold start, image-free (DMD2 / DMDR SDXL 1-step)."""
+
+    steps: int = Field(0, ge=0, description="Regression steps before generator step 0 (0: off).")
+    pairs: int = Field(1024, ge=1, description="(noise, teacher ODE output) pairs generated from the prompts.")
+    teacher_steps: int = Field(25, ge=1, le=1000, description="Teacher sampling steps per pair (its own scheduler).")
+    cfg: Optional[float] = Field(None, ge=1.0, description="Teacher CFG for the pairs; None: guidance.scale.")
+    loss: Literal["mse", "lpips"] = Field("mse", description="mse in the denoiser's space, or LPIPS on decoded images "
+                                                             "(needs the lpips package and its weights).")
+    lr: Optional[float] = Field(None, gt=0, description="Learning rate; None: train.lr_generator.")
+
+
 class SampleSection(Section):
     steps: Optional[int] = Field(None, ge=1, description="Sampling steps; None: the student's own (teacher: 25).")
     cfg: Optional[float] = Field(None, ge=1.0, description="Teacher CFG for `dmdr sample` of a teacher; None: guidance.scale.")
@@ -301,6 +313,8 @@ class Recipe(Section):
     rl: RLSection = Field(default_factory=RLSection, description="Stage 2: reinforcement-learning branch.")
     data: DataSection = Field(default_factory=DataSection, description="Prompts (image-free).")
     train: TrainSection = Field(default_factory=TrainSection, description="Optimisation and run machinery.")
+    ode_regression: ODERegressionSection = Field(default_factory=ODERegressionSection,
+                                                 description="Optional ODE-regression warm start of the student.")
     sample: SampleSection = Field(default_factory=SampleSection, description="Defaults for `dmdr sample`.")
     output: OutputSection = Field(default_factory=OutputSection, description="Where results go.")
     world: WorldSection = Field(default_factory=WorldSection, description="The built-in shapes world: its teacher and reward (dmdr world ...).")

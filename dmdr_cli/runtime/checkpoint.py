@@ -2,18 +2,22 @@
 
 A checkpoint is a folder `checkpoints/step-NNNNNN/`: written under a temporary name, flushed, then
 renamed (atomic on POSIX), after which `checkpoints/latest` (a one-line text file, replaced atomically)
-points at it. Weights and optimizer tensors are safetensors, everything else JSON: nothing in a run's
-own state is ever unpickled.
+points at it. Anything named `.partial-*` is not a checkpoint and is removed by the next save: a kill at
+any moment (tests/faults) leaves the previous checkpoint complete and `latest` pointing at one.
+Weights and optimizer tensors are safetensors, everything else JSON: nothing in a run's own state is
+ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import DmdrError
@@ -36,18 +40,34 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically (temp file + replace)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small file atomically (temp file + flush + replace): readers see the old text or the new."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+def write_json(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def as_os_error(err: SafetensorError) -> OSError:
+    """safetensors reports a failed write (disk full, permissions) as its own exception type: the OSError it
+    wraps, so callers handle every write failure in one place."""
+    code = re.search(r"\(os error (\d+)\)", str(err))
+    return OSError(int(code[1]), os.strerror(int(code[1]))) if code else OSError(str(err))
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+    except SafetensorError as err:
+        raise as_os_error(err) from None
+    with open(path, "rb") as f:  # the data is on disk before the folder's rename makes it a checkpoint
+        os.fsync(f.fileno())
 
 
 def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -76,14 +96,14 @@ def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
                     keep: int, fault_hook=None) -> Path:
     """Write checkpoint `step` (files: recipe.yaml, state.json, <name>.safetensors, optim_<name>.*)."""
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = root / f".partial-{step_dir_name(step)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     hook = fault_hook or (lambda point: None)
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
         (tmp / "recipe.yaml").write_text(recipe_yaml)
         for name, sd in tensors.items():
             save_tensors(tmp / f"{name}.safetensors", sd)
@@ -96,28 +116,40 @@ def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
         write_json(tmp / "state.json", {**state, "step": step})
         _fsync_dir(tmp)
         hook("checkpoint-before-rename")
+        # A checkpoint of this step from an earlier, abandoned attempt is moved aside, not deleted first:
+        # the step folder is never missing, whatever moment a kill picks.
+        old = root / f".partial-replaced-{final.name}-{os.getpid()}"
         if final.exists():
-            shutil.rmtree(final)
+            os.rename(final, old)
         os.rename(tmp, final)
         _fsync_dir(root)
         hook("checkpoint-after-rename")
-        (root / ".latest.tmp").write_text(final.name + "\n")
-        os.replace(root / ".latest.tmp", root / "latest")
+        write_text_atomic(root / "latest", final.name + "\n")
+        shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DmdrError(f"could not write checkpoint {final} ({e.strerror or e}); the previous checkpoint is intact: "
                         f"free space or fix permissions and --resume latest") from None
+    hook("checkpoint-after-latest")
     prune(root, keep)
     return final
 
 
 def prune(root: Path, keep: int) -> None:
+    """Remove all but the newest `keep` checkpoints (and `best`), and what killed runs left behind."""
     done = complete_checkpoints(root)
     best = root / "best"
     protected = (root / best.read_text().strip()) if best.is_file() else None
     for old in done[:-keep]:
         if old != protected:  # the best checkpoint by validation outlives the rotation
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed first: a kill during the deletion leaves a `.partial-*` folder, never a step folder
+            # that still has its state.json but lost some weights
+            doomed = root / f".partial-pruned-{old.name}-{os.getpid()}"
+            try:
+                os.rename(old, doomed)
+            except OSError:
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
     for partial in root.glob(".partial-*"):  # left by a killed run
         if not partial.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(partial, ignore_errors=True)
@@ -126,8 +158,7 @@ def prune(root: Path, keep: int) -> None:
 def mark_best(run_dir: Path, step: int, metrics: dict) -> None:
     """Point `checkpoints/best` at checkpoint `step` (written atomically) and record why."""
     root = run_dir / "checkpoints"
-    (root / ".best.tmp").write_text(step_dir_name(step) + "\n")
-    os.replace(root / ".best.tmp", root / "best")
+    write_text_atomic(root / "best", step_dir_name(step) + "\n")
     write_json(root / "best.json", {"step": step, **metrics})
 
 
@@ -168,12 +199,21 @@ def _missing(msg: str):
 
 def load_checkpoint(path: Path) -> dict:
     """{"state": state.json, "tensors": {name: dict}, "optim": {name: (tensors, meta)}, "recipe_yaml": str}."""
-    out = {"state": json.loads((path / "state.json").read_text()), "tensors": {}, "optim": {},
-           "recipe_yaml": (path / "recipe.yaml").read_text() if (path / "recipe.yaml").exists() else ""}
-    for f in path.glob("*.safetensors"):
-        if f.name.startswith("optim_"):
-            name = f.stem[len("optim_"):]
-            out["optim"][name] = (load_file(str(f)), json.loads((path / f"optim_{name}.json").read_text()))
-        else:
-            out["tensors"][f.stem] = load_file(str(f))
+    try:
+        out = {"state": json.loads((path / "state.json").read_text()), "tensors": {}, "optim": {},
+               "recipe_yaml": (path / "recipe.yaml").read_text() if (path / "recipe.yaml").exists() else ""}
+        for f in path.glob("*.safetensors"):
+            if f.name.startswith("optim_"):
+                name = f.stem[len("optim_"):]
+                out["optim"][name] = (load_file(str(f)), json.loads((path / f"optim_{name}.json").read_text()))
+            else:
+                out["tensors"][f.stem] = load_file(str(f))
+    except (OSError, ValueError, SafetensorError) as err:  # a damaged copy (JSONDecodeError is a ValueError)
+        raise DmdrError(f"checkpoint {path} is damaged ({_first_line(err)}): resume or export from another "
+                        f"checkpoint of the run") from None
     return out
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

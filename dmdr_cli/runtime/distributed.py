@@ -26,7 +26,9 @@ class Dist:
     def create(cls) -> "Dist":
         from accelerate import PartialState
 
-        state = PartialState()  # reads the env that accelerate launch / torchrun set; single process otherwise
+        # reads the env that accelerate launch / torchrun set; single process otherwise. Without CUDA, cpu=True
+        # lets accelerate recognise a torchrun-launched multi-process CPU job (gloo).
+        state = PartialState(cpu=not torch.cuda.is_available())
         return cls(rank=state.process_index, world_size=state.num_processes, device=torch.device(state.device))
 
     def average_gradients(self, grads: list[torch.Tensor]) -> None:
@@ -44,3 +46,16 @@ class Dist:
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
+
+    def mean_scalars(self, stats: dict) -> dict:
+        """Scalar stats averaged over processes (a collective: every process must call it at the same step)."""
+        if self.world_size == 1:
+            return stats
+        keys = sorted(k for k, v in stats.items() if _scalar(v))
+        values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(values)
+        return {**stats, **{k: v / self.world_size for k, v in zip(keys, values.tolist())}}
+
+
+def _scalar(v) -> bool:
+    return (torch.is_tensor(v) and v.numel() == 1) or (isinstance(v, (int, float)) and not isinstance(v, bool))

@@ -1,14 +1,26 @@
-"""Named fault-injection points for the hardening tests.
+"""Fault injection for the hardening tests (tests/faults, scripts/soak.py); inert unless its variables are set.
 
-`DMDR_FAULT=<point>` kills the process with SIGKILL the `DMDR_FAULT_AT`-th time (default 1st) it reaches
-that point, so tests can stop a run inside any phase of a step or between the files of a checkpoint
-write. Unset (the normal case), a fault point costs one dict lookup.
+DMDR_FAULT=<point> kills the process with SIGKILL the DMDR_FAULT_AT-th time (default 1st) it reaches
+`fault_point(point)`, so a test can stop a run inside any phase of a step or between the files of a
+checkpoint write. The points, in the order a step reaches them:
+  after-generator-forward, after-backward, after-optimizer-step            (engines/train.py, every inner step)
+  checkpoint-file-<tensors>  (generator, fake, rl_reference)               (runtime/checkpoint.py, each file)
+  checkpoint-optim-<optimizer>  (generator, fake)
+  checkpoint-before-rename, checkpoint-after-rename, checkpoint-after-latest (the latter before pruning)
+
+DMDR_INJECT_NAN=<term>[:<from_step>] makes `inject_nan(term, loss, k)` return NaN (with NaN gradients) for
+the loss term dmd, fake or rl at every generator step counter k >= from_step (default 0): `dmd:2` lets
+steps 1 and 2 train normally and poisons the DMD loss from step 3 on.
+
+Unset (the normal case), each call costs one environment lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+
+import torch
 
 _seen: dict[str, int] = {}
 
@@ -20,3 +32,13 @@ def fault_point(name: str) -> None:
     _seen[name] = _seen.get(name, 0) + 1
     if _seen[name] >= int(os.environ.get("DMDR_FAULT_AT", "1")):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def inject_nan(term: str, loss: torch.Tensor, step: int) -> torch.Tensor:
+    spec = os.environ.get("DMDR_INJECT_NAN")
+    if not spec:
+        return loss
+    name, _, start = spec.partition(":")
+    if name != term or step < int(start or 0):
+        return loss
+    return loss * float("nan")  # a product, not a replacement: the gradients turn NaN too, as in a real blow-up

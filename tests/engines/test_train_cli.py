@@ -85,3 +85,17 @@ def test_bad_input_leaves_nothing(case, tiny_sd3, tmp_path):
     assert res.exit_code == 2, res.output
     assert res.output.strip().splitlines()[-1].startswith("error:")
     assert not run.exists(), "nothing is written when the input is bad"
+
+
+def test_ode_regression_warm_start_pulls_one_step_student_to_teacher(tiny_sd, tmp_path):
+    """1-step student: the regression loss falls, the pairs are cached, and DMD then starts at step 0."""
+    run = tmp_path / "run"
+    path = recipe(tmp_path, "sd", tiny_sd, run, student={"steps": 1, "timesteps": [0.399]},
+                  ode_regression={"steps": 12, "pairs": 4, "teacher_steps": 4, "lr": 3e-3},
+                  train={"steps": 1, "sample_every": 0, "log_every": 1}, coldstart={"steps": 1})
+    ok("coldstart", path)
+    rows = log_rows(run)
+    losses = [r["ode_regression_loss"] for r in rows if r.get("phase") == "ode_regression"]
+    assert len(losses) == 12 and sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+    assert (run / "ode_pairs.safetensors").is_file()
+    assert rows[-1]["step"] == 1 and "dmd_loss" in rows[-1]
