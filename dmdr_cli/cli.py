@@ -128,9 +128,9 @@ def recipe_show(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Overr
 @recipe_app.command("reference", help="Print the recipe reference (every key, type, default and help) as markdown.\n\n"
                                       "Example: dmdr recipe reference > docs/recipe-reference.md")
 def recipe_reference():
-    from .recipe.reference import reference_markdown
+    from .recipe.reference import reference_document
 
-    sys.stdout.write(reference_markdown())
+    sys.stdout.write(reference_document())
 
 
 class ExportFormat(str, Enum):

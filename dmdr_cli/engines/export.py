@@ -18,6 +18,7 @@ from ..export.model_card import model_card
 from ..export.output import StagedOutput
 from ..export.source import ExportSource, evaluation_results, open_checkpoint
 from ..export.student import build_student
+from ..runtime.checkpoint import as_os_errors
 
 
 def _merge_choice(fmt: str, source: ExportSource, merge_lora: bool | None) -> bool:
@@ -72,7 +73,9 @@ def run_export(checkpoint: str | Path, *, fmt: str, out: Path, dtype: str = "fp1
     with console.status(f"loading the student of {source.checkpoint}"):
         student = build_student(source, merge=merge, dtype=DTYPES[dtype])
     copy = copy_components is not False
-    with output as folder, console.status(f"writing {fmt} export"):
+    # as_os_errors: safetensors reports disk-full / permission failures as its own type; as OSErrors they reach
+    # StagedOutput, which discards the partial folder and says what failed in one line
+    with output as folder, as_os_errors(), console.status(f"writing {fmt} export"):
         if fmt == "diffusers":
             files = write_diffusers(folder, student, DTYPES[dtype], copy_components=copy)
         else:

@@ -214,11 +214,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 fault_point("after-backward")
                 if gen_turn:
                     ok, norm = apply_update(nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g,
-                                            "DMD/RL generator" if rl_on else "DMD generator", stats["generator_loss"])
+                                            "DMD/RL generator" if rl_on else "DMD generator", stats["generator_loss"],
+                                            {"DMD": stats["dmd_loss"], **({"RL reward": stats["rl_loss"]} if rl_on else {})})
                     stats["generator_grad_norm"], stats["generator_skipped"] = norm, int(not ok)
                     if rl_on and ok:
                         rl_branch.extra_updates(ctx, lambda extra_loss: apply_update(
-                            nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g, "RL", extra_loss))
+                            nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g, "RL reward", extra_loss))
                 ok, norm = apply_update(nets.fake_params, opt_f, cfg.train.grad_clip, dist, guard_f,
                                         "fake-score", fake_losses[-1])
                 stats["fake_grad_norm"] = norm
@@ -236,13 +237,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
                                  k, cfg.train.seed)
             validating = cfg.train.validate_every and k % cfg.train.validate_every == 0
-            if (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps or validating:
+            due = (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps or validating
+            if due or preempt.requested:  # once per step: a preempted run checkpoints the step it just finished
                 save(k)
             if validating and dist.is_main:
                 best = run_validation(k, best)
-            elif preempt.requested:
-                save(k)
-            if preempt.requested:
+            if preempt.requested and k < total_steps:  # a signal during the last step: the run is simply done
                 console.print(f"[yellow]stopped by {preempt.signal_name} at generator step {k}; checkpoint written. "
                               f"Continue with --resume latest[/]")
                 log.close()

@@ -26,8 +26,8 @@ from .geneval_score import score_image, summarize
 from .shards import gather_records, share
 
 DETECTOR_NOTE = ("Mask2Former Swin-S (COCO instance) through transformers + CLIP ViT-L/14 colour classifier; "
-                 "GenEval's official detector is mmdet 2.x, so numbers differ slightly from official GenEval")
-VQA_NOTE = "the official DPG-Bench VQA is mPLUG-large (ModelScope); numbers with another VQA model are not comparable"
+                 "GenEval's official detector is mmdet 2.x, so numbers differ slightly from official GenEval.")
+VQA_NOTE = "The official DPG-Bench VQA is mPLUG-large (ModelScope): numbers with another VQA model are not comparable."
 
 
 def geneval_folder_scores(root: Path, detect, color_classifier, dist: Dist, scratch: Path) -> dict | None:

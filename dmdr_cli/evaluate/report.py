@@ -122,7 +122,8 @@ def _markdown(report: dict, chart: bool, grids: list[str]) -> str:
                             [[x["feature"], x["generated"], x["real"]] for x in d["drift"]]) + [""]
     if chart:
         lines += [f"![per-task scores]({TASKS_PNG})", ""]
-    lines += [f"![{bench} samples](grid_{bench}.png)" for bench in grids]
+    for bench in grids:
+        lines += [f"![{bench} samples](grid_{bench}.png)", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -61,11 +62,18 @@ def as_os_error(err: SafetensorError) -> OSError:
     return OSError(int(code[1]), os.strerror(int(code[1]))) if code else OSError(str(err))
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+@contextlib.contextmanager
+def as_os_errors():
+    """Inside: a failed safetensors write surfaces as the OSError it wraps."""
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+        yield
     except SafetensorError as err:
         raise as_os_error(err) from None
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    with as_os_errors():
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
     with open(path, "rb") as f:  # the data is on disk before the folder's rename makes it a checkpoint
         os.fsync(f.fileno())
 

@@ -45,12 +45,22 @@ class MetricsLog:
         """On resume, drop lines logged after the checkpoint so the log reads as one run."""
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in self.path.read_text().splitlines() if _logged_step(line) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)  # atomic: a kill here keeps the old log, never half of it
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log line; a line a kill cut short (or a blank one) sorts after every step, so it is dropped."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
 
 
 def _plain(v):

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from dmdr_cli.cli import app
 from dmdr_cli.errors import RecipeError
 from dmdr_cli.recipe import load_recipe
-from dmdr_cli.recipe.reference import reference_markdown
+from dmdr_cli.recipe.reference import reference_document
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -130,7 +130,7 @@ def test_show_prints_resolved_recipe(tmp_path):
 
 def test_reference_doc_matches_schema():
     doc = (ROOT / "docs/recipe-reference.md").read_text()
-    assert reference_markdown() in doc, "regenerate: dmdr recipe reference > docs/recipe-reference.md"
+    assert doc == reference_document(), "regenerate: dmdr recipe reference > docs/recipe-reference.md"
 
 
 def test_debug_env_shows_traceback(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import RESOLUTION, T5_TOKENS, load
+from family_helpers import RESOLUTION, T5_TOKENS, load
 
 from dmdr_cli.families import FAMILIES, SD3Family, SDFamily, SDXLFamily
 from dmdr_cli.families.base import Cond, Guidance
@@ -183,7 +183,7 @@ def test_pixel_space_sd(loaded):
 
 def test_v_prediction_override(folders):
     from dmdr_cli.families import load_family
-    from conftest import model_section
+    from family_helpers import model_section
 
     family = load_family(model_section("sd", folders["sd"], prediction_type="v_prediction"),
                          with_text_encoders=False, with_vae=False)
@@ -222,7 +222,7 @@ def test_release_text_encoders_keeps_the_unconditional(folders):
 
 def test_zeros_unconditional_keeps_time_ids(folders):
     from dmdr_cli.families import load_family
-    from conftest import model_section
+    from family_helpers import model_section
 
     family = load_family(model_section("sdxl", folders["sdxl"]), with_vae=False, uncond_mode="zeros")
     uncond = family.unconditional()

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import load, model_section
+from family_helpers import load, model_section
 
 from dmdr_cli.errors import ModelLoadError
 from dmdr_cli.families import load_family

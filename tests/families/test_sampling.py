@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import RESOLUTION, T5_TOKENS
+from family_helpers import RESOLUTION, T5_TOKENS
 from test_family_adapters import PROMPTS, pipeline
 
 from dmdr_cli.families.base import Guidance
@@ -172,7 +172,7 @@ def test_teacher_sample_matches_the_diffusers_pipeline(loaded, folders, variant)
 def test_teacher_sample_of_a_v_prediction_model_matches_the_pipeline(folders):
     """The x0 -> v conversion the scheduler needs (an eps model's weights, run as if it predicted v)."""
     from diffusers import DDIMScheduler
-    from conftest import model_section
+    from family_helpers import model_section
 
     from dmdr_cli.families import load_family
 
