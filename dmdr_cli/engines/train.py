@@ -87,7 +87,11 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     rl_branch = build_rl_branch(cfg, device, stage)  # rewards load (and fail) before the teacher
     family = load_family(cfg.model, device=device, dtype=frozen_dtype(cfg.model.dtype, device),
                          uncond_mode=cfg.guidance.uncond)
-    all_prompts = sorted(set(prompts) | set(val_prompts))
+    from ..world.report import eval_entries, is_world_model, world_report
+
+    world_run = stage == "distill" and is_world_model(cfg)  # ends with the teacher-vs-student world table
+    report_prompts = [e["prompt"] for e in eval_entries(cfg.model.resolution)] if world_run else []
+    all_prompts = sorted(set(prompts) | set(val_prompts) | set(report_prompts))
     with console.status("encoding prompts") if dist.is_main else _null():
         conds = encode_all(family, all_prompts, device)
         uncond = family.unconditional()
@@ -250,6 +254,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     if dist.is_main and cfg.train.sample_every:
         save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
                          k, cfg.train.seed)
+    if world_run and dist.is_main:
+        world_report(ctx, lambda texts: conds[[index_of[p] for p in texts]], run.path, console)
     log.close()
     run.close()
     if dist.is_main:

@@ -106,6 +106,7 @@ def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
     root = run_dir / "checkpoints"
     final = root / step_dir_name(step)
     tmp = root / f".partial-{step_dir_name(step)}-{os.getpid()}"
+    old = root / f".partial-replaced-{final.name}-{os.getpid()}"
     hook = fault_hook or (lambda point: None)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -124,9 +125,9 @@ def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
         write_json(tmp / "state.json", {**state, "step": step})
         _fsync_dir(tmp)
         hook("checkpoint-before-rename")
-        # A checkpoint of this step from an earlier, abandoned attempt is moved aside, not deleted first:
-        # the step folder is never missing, whatever moment a kill picks.
-        old = root / f".partial-replaced-{final.name}-{os.getpid()}"
+        # A folder of this step from an abandoned attempt (written, then killed before `latest` moved) is
+        # renamed aside before it is deleted: a kill mid-deletion must not leave a step folder that still
+        # has its state.json but lost weights.
         if final.exists():
             os.rename(final, old)
         os.rename(tmp, final)
@@ -136,6 +137,9 @@ def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
         shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            with contextlib.suppress(OSError):
+                os.rename(old, final)
         raise DmdrError(f"could not write checkpoint {final} ({e.strerror or e}); the previous checkpoint is intact: "
                         f"free space or fix permissions and --resume latest") from None
     hook("checkpoint-after-latest")

@@ -18,6 +18,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,18 +26,41 @@ TESTS = REPO / "tests"
 TENSOR_FILES = ("generator.safetensors", "fake.safetensors", "optim_generator.safetensors", "optim_fake.safetensors")
 
 
+def child_env(extra_path: list[Path] = ()) -> dict[str, str]:
+    """The environment of a `dmdr` process under test: offline, one thread, `extra_path` importable."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), *map(str, extra_path), os.environ.get("PYTHONPATH", "")])}
+
+
+def wait_for_step(run: Path, step: int, poll, log: Path, timeout: float = 300) -> None:
+    """Block until the run's log.jsonl has a line for `step`; `poll()` returns an exit code once the
+    process has ended, which fails the wait."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc = poll()
+        if rc is not None:
+            raise AssertionError(f"the run ended (exit {rc}) before step {step}: {log.read_text()[-3000:]}")
+        rows = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").is_file() else []
+        if any(json.loads(r).get("step", 0) >= step for r in rows if r.endswith("}")):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"no step {step} in {run / 'log.jsonl'} after {timeout} s")
+
+
 class ForkServer:
     def __init__(self, extra_path: list[Path] = ()):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "PYTHONPATH": os.pathsep.join([str(REPO), *map(str, extra_path), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen([sys.executable, __file__, "serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
-        self._reply(timeout=300)  # "ready": the imports are done
+                                     stdout=subprocess.PIPE, text=True, env=child_env(extra_path), cwd=REPO)
+        self.ready = False  # the server imports while the caller goes on; the first command waits for it
         self.pid: int | None = None
 
     def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
         """Fork a child running `dmdr ARGV` (stdout and stderr appended to `log`); returns its pid."""
         assert self.pid is None, "one command at a time"
+        if not self.ready:
+            if self._reply(timeout=300) is None:
+                raise TimeoutError("the fork server did not finish its imports in 300 s")
+            self.ready = True
         self.proc.stdin.write(json.dumps({"argv": [str(a) for a in argv], "env": env or {}, "log": str(log)}) + "\n")
         self.proc.stdin.flush()
         self.pid = self._reply(timeout=30)["pid"]
@@ -71,7 +95,7 @@ class ForkServer:
     def close(self) -> None:
         if self.pid is not None:
             os.kill(self.pid, signal.SIGKILL)
-        self.proc.stdin.close()
+        self.proc.kill()  # nothing to flush: each command's results are already on disk
         self.proc.wait(30)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from conftest import STEPS
+from fault_recipe import STEPS
 from kill_harness import check_checkpoints, complete_checkpoints, differences
 from train_helpers import log_rows
 

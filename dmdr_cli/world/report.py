@@ -1,0 +1,198 @@
+"""The end of a shapes-world distillation: teacher vs student on the world's exact benchmarks.
+
+Both are sampled on the same prompts with the same keyed noise: the teacher with its own scheduler
+(25 steps, CFG: 50 NFE), the student with its few-step sampler (NFE = its steps). Scores: world-GenEval
+(overall and per task), world-DPG, the world-clip reward and the distance to real renders
+(evaluate/world_bench.py). The teacher's numbers are cached next to its weights, keyed by the settings
+that produced them, so they are computed once. Writes report/ (markdown, JSON, a teacher-vs-student
+grid, curve plots) and prints the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ..dmd.randomness import keyed_generator
+from ..dmd.validation import grid_image
+from ..families.base import Guidance
+from ..sampling import sample, teacher_sample
+
+TEACHER_FOLDER = Path(__file__).parent / "weights" / "teacher"
+EVAL_GENEVAL_PROMPTS = 120  # 20 per task: about 1 CPU-minute per model at 24 px
+EVAL_DPG_ITEMS = 12  # x 4 tiles
+TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+def is_world_model(cfg) -> bool:
+    """A recipe distilling the built-in world's teacher (its report is the world table)."""
+    try:
+        return Path(cfg.model.pretrained).resolve() == TEACHER_FOLDER.resolve()
+    except OSError:
+        return False
+
+
+def eval_entries(resolution: int) -> list[dict]:
+    from ..evaluate.world_bench import world_dpg_items, world_geneval_metadata
+
+    geneval, _ = world_geneval_metadata(resolution, EVAL_GENEVAL_PROMPTS)
+    dense, _ = world_dpg_items(resolution, EVAL_DPG_ITEMS)
+    return list(geneval) + [item for item in dense for _ in range(4)]  # 4 DPG tiles per dense item
+
+
+def _noise(family, n: int, resolution: int, device) -> torch.Tensor:
+    return torch.cat([family.noise(1, resolution, resolution, generator=keyed_generator("world-eval", i))
+                      for i in range(n)]).to(device)
+
+
+@torch.no_grad()
+def student_images(ctx, conds, batch: int = 64) -> torch.Tensor:
+    net = ctx.nets.as_generator()
+    noises = _noise(ctx.family, conds.batch_size, ctx.cfg.model.resolution, ctx.device)
+    out = []
+    for s in range(0, conds.batch_size, batch):
+        cond = conds[s:s + batch].to(ctx.device)
+        noise = noises[s:s + batch]
+        step = iter(range(10**9))
+        fresh = lambda like: torch.randn(like.shape, generator=keyed_generator("world-eval-step", s, next(step))).to(like)
+        with ctx.amp():
+            out.append(ctx.family.decode(sample(ctx.family, net, noise, cond, ctx.student_times, ctx.sampler, fresh)).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def teacher_images(ctx, conds, steps: int, cfg_scale: float, batch: int = 64) -> torch.Tensor:
+    net = ctx.nets.as_real(0.0)  # adapters off: exactly the teacher
+    noises = _noise(ctx.family, conds.batch_size, ctx.cfg.model.resolution, ctx.device)
+    out = []
+    for s in range(0, conds.batch_size, batch):
+        cond = conds[s:s + batch].to(ctx.device)
+        noise = noises[s:s + batch]
+        with ctx.amp():
+            out.append(ctx.family.decode(teacher_sample(ctx.family, net, noise, cond, steps,
+                                                        Guidance(cfg_scale, ctx.uncond))).cpu())
+    return torch.cat(out)
+
+
+def _reward(cfg, device):
+    from ..recipe.schema import RewardSpec
+    from ..rewards.registry import build_reward
+
+    try:
+        from . import reward  # noqa: F401  registers world-clip
+        return build_reward(RewardSpec(name="world-clip"), device)
+    except Exception:  # no trained reward shipped: the table leaves the column out
+        return None
+
+
+def teacher_metrics(ctx, entries, conds, steps: int, cfg_scale: float, reward) -> tuple[dict, torch.Tensor]:
+    """The teacher's scores, from the cache next to its weights when the settings match."""
+    from ..evaluate.world_bench import world_metrics
+
+    key = hashlib.sha256(json.dumps([len(entries), steps, cfg_scale, ctx.cfg.model.resolution,
+                                     [e["prompt"] for e in entries]]).encode()).hexdigest()[:16]
+    cache = TEACHER_FOLDER / "eval_cache.json"
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    images = teacher_images(ctx, conds[:48], steps, cfg_scale)  # for the side-by-side grid only
+    if key in cached:
+        return cached[key], images
+    metrics = world_metrics(teacher_images(ctx, conds, steps, cfg_scale), entries, reward=reward)
+    cached[key] = metrics
+    try:
+        cache.write_text(json.dumps(cached, indent=1))
+    except OSError:  # a read-only install: recompute next time
+        pass
+    return metrics, images
+
+
+def world_report(ctx, encode, run_dir: Path, console: Console) -> dict:
+    """Evaluate teacher and student, print the table, write run_dir/report/."""
+    from ..evaluate.world_bench import world_metrics
+
+    entries = eval_entries(ctx.cfg.model.resolution)
+    conds = encode([e["prompt"] for e in entries])
+    reward = _reward(ctx.cfg, ctx.device)
+    steps = ctx.cfg.sample.steps or 25
+    cfg_scale = ctx.cfg.sample.cfg or ctx.cfg.guidance.scale
+    with console.status("evaluating teacher and student on the world benchmarks"):
+        teacher, teacher_grid = teacher_metrics(ctx, entries, conds, steps, cfg_scale, reward)
+        student_all = student_images(ctx, conds)
+        student = world_metrics(student_all, entries, reward=reward)
+    rows = {f"teacher ({steps} steps, CFG {cfg_scale:g})": (teacher, 2 * steps),
+            f"student ({len(ctx.student_times)} steps)": (student, len(ctx.student_times))}
+    table = render_table(rows)
+    console.print(table)
+    folder = run_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps({"teacher": teacher, "student": student,
+                                                    "teacher_steps": steps, "teacher_cfg": cfg_scale,
+                                                    "student_steps": len(ctx.student_times),
+                                                    "eval_prompts": len(entries)}, indent=1))
+    side_by_side(teacher_grid, student_all[:48], folder / "teacher_vs_student.png")
+    plot_curves(run_dir / "log.jsonl", folder / "curves.png")
+    (folder / "report.md").write_text(markdown(rows, entries))
+    console.print(f"report: {folder}")
+    return {"teacher": teacher, "student": student}
+
+
+def _cells(m: dict, nfe: int) -> list[str]:
+    g = m.get("geneval", {})
+    return ([str(nfe), f"{g.get('overall', float('nan')):.3f}"] + [f"{g.get(t, float('nan')):.2f}" for t in TASKS]
+            + [f"{m.get('dpg', {}).get('overall', float('nan')):.1f}", f"{m.get('reward', float('nan')):.3f}",
+               f"{m.get('distance', float('nan')):.2f}"])
+
+
+HEADER = ["model", "NFE", "GenEval", *TASKS, "DPG", "reward", "distance"]
+
+
+def render_table(rows: dict) -> Table:
+    table = Table(title="shapes world: teacher vs student (world-GenEval, world-DPG, world-clip, distance to renders)")
+    for h in HEADER:
+        table.add_column(h, justify="left" if h == "model" else "right")
+    for name, (m, nfe) in rows.items():
+        table.add_row(name, *_cells(m, nfe))
+    return table
+
+
+def markdown(rows: dict, entries) -> str:
+    lines = ["# Shapes-world distillation report", "",
+             f"{sum('tag' in e for e in entries)} GenEval-style prompts (1 image each) and "
+             f"{sum('questions' in e for e in entries) // 4} dense items (4 tiles each), same noise for both models. "
+             "Scores by the exact detector; reward = world-clip cosine; distance = Frechet distance to real renders "
+             "(lower is better).", "", "| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
+    for name, (m, nfe) in rows.items():
+        lines.append("| " + " | ".join([name, *_cells(m, nfe)]) + " |")
+    lines += ["", "![teacher vs student](teacher_vs_student.png)", "", "![training curves](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def side_by_side(teacher: torch.Tensor, student: torch.Tensor, path: Path) -> None:
+    """Rows of 8: teacher row, student row, alternating, on the same prompts and noise."""
+    n = min(len(teacher), len(student)) // 8 * 8
+    pairs = [torch.cat([teacher[i:i + 8], student[i:i + 8]]) for i in range(0, n, 8)]
+    grid_image(torch.cat(pairs), cols=8).resize((8 * 4 * 26, len(pairs) * 2 * 4 * 26), 0).save(path)
+
+
+def plot_curves(log: Path, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log.read_text().splitlines() if '"dmd_loss"' in line]
+    keys = [k for k in ("dmd_loss", "fake_loss", "rl_loss", "reward_world-clip", "real_lora_scale", "renoise_t_mean")
+            if any(k in r for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        ax.plot(*zip(*points)) if points else None
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("generator step", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
