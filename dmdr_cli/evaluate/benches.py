@@ -12,7 +12,6 @@ means are merged weighted by their question counts, so the merged numbers equal 
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -64,18 +63,9 @@ def load_vqa(spec: str, device: str | None = None) -> tuple[AnswerFn, str]:
 
 
 def _import_answer(target: str) -> AnswerFn:
-    module_name, _, attribute = target.partition(":")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as err:
-        raise DmdrError(f"--vqa-model {target}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?") from None
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            raise DmdrError(f"--vqa-model {target}: module {module_name!r} has no attribute {attribute!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise DmdrError(f"--vqa-model {target} is a {type(obj).__name__}, not a function answer(image, question)")
-    return obj
+    from ..rewards.custom import import_target
+
+    return import_target(target, "--vqa-model", signature="(image, question) -> answer")
 
 
 def dpg_folder_scores(root: Path, csv: Path, answer: AnswerFn, official_compat: bool, dist: Dist,

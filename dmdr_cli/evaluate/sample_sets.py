@@ -275,15 +275,6 @@ def viewable(grid: Image.Image, tile_width: int, min_tile: int = 96) -> Image.Im
     return grid if factor == 1 else grid.resize((grid.width * factor, grid.height * factor), Image.NEAREST)
 
 
-def sample_groups(rows: list[dict], max_prompts: int, max_images: int) -> list[list[dict]]:
-    """samples.jsonl rows grouped by prompt, in prompt order, each group in image order."""
-    by_prompt: dict = {}
-    for row in rows:
-        by_prompt.setdefault(row.get("prompt_index", row["prompt"]), []).append(row)
-    groups = [sorted(group, key=lambda r: r.get("image_index", 0))[:max_images] for group in by_prompt.values()]
-    return groups[:max_prompts]
-
-
 def load_tensor(path: Path) -> torch.Tensor:
     with Image.open(path) as image:
         array = np.asarray(image.convert("RGB"))

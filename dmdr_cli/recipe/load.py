@@ -5,7 +5,9 @@ Nothing heavy is imported here: validation runs before any weight loads.
 
 from __future__ import annotations
 
+import datetime
 import difflib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import RecipeError
 from .schema import Recipe
+
+MAX_DEPTH = 32  # recipes nest a few levels; anything deeper is a mistake (and would exhaust Python's stack)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -40,6 +44,10 @@ def read_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise RecipeError(f"recipe {str(p)!r} is not valid YAML{where}: {problem}") from None
+    except RecursionError:  # PyYAML's parser recurses once per level of [ or {
+        raise RecipeError(f"recipe {str(p)!r} is nested too deeply to be a recipe") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise RecipeError(f"recipe {str(p)!r} has a value YAML cannot read: {str(e).splitlines()[0]}") from None
     if data is None:
         raise RecipeError(f"recipe {str(p)!r} is empty: it needs at least a model section (family, pretrained)")
     if not isinstance(data, dict):
@@ -59,7 +67,7 @@ def apply_override(data: dict, item: str) -> None:
         raise RecipeError(f"override {item!r} has an empty key: write it as key.path=value (e.g. train.steps=100)")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError):  # not YAML: the text itself, which validation judges
         value = raw
     node: Any = data
     for i, part in enumerate(parts[:-1]):
@@ -74,10 +82,50 @@ def apply_override(data: dict, item: str) -> None:
 
 
 def validate(data: dict, source: str = "recipe") -> Recipe:
+    problem = _not_plain(data, (), set())
+    if problem:
+        raise RecipeError(f"{source}: {problem}")
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
         raise RecipeError(_describe(e.errors()[0], data, source)) from None
+
+
+def _not_plain(value, path: tuple, open_containers: set[int]) -> str | None:
+    """What YAML can express but a recipe never means, as a message (None: nothing). A recipe is text,
+    finite numbers, booleans, nulls, lists and mappings keyed by text, a few levels deep: YAML's dates,
+    !!binary and !!set, alias loops, NaN/inf and NUL characters would pass some fields' validation and
+    break later (a NaN Adam beta, a path with a NUL byte, a resolved recipe that cannot be saved)."""
+    where = ".".join(map(str, path)) or "the recipe"
+    if len(path) > MAX_DEPTH:
+        return f"{where} is nested more than {MAX_DEPTH} levels deep"
+    if isinstance(value, (dict, list)):
+        if id(value) in open_containers:
+            return f"{where} contains itself (a YAML alias loop)"
+        open_containers.add(id(value))
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            if not isinstance(key, str) and isinstance(value, dict):
+                return f"{where} has the key {key!r}, a YAML {_yaml_kind(key)}: keys are names (quote it)"
+            problem = _not_plain(item, (*path, key), open_containers)
+            if problem:
+                return problem
+        open_containers.discard(id(value))
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} = {value} is not a finite number"
+    if isinstance(value, str) and "\0" in value:
+        return f"{where} contains a NUL character"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return None
+    return (f"{where} = {_clip(str(value))} is a YAML {_yaml_kind(value)}, not text, a number or a list: quote it "
+            f"if it is text")
+
+
+def _yaml_kind(value) -> str:
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return "date"
+    return {bytes: "!!binary value", set: "!!set", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _describe(err: dict, data: dict, source: str) -> str:
@@ -95,8 +143,13 @@ def _describe(err: dict, data: dict, source: str) -> str:
     if kind in ("value_error", "assertion_error") and not loc:
         return f"{source}: {msg}"
     expected = field_help(loc)
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    shown = _clip(repr(value)) if not isinstance(value, dict) else "a mapping"
     return f"{source}: {path} = {shown} is invalid ({msg}); expected: {expected}"
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """A value as shown in a message: long ones cut, so the message stays one readable line."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def _model_at(loc: list[str]) -> type[BaseModel] | None:

@@ -48,8 +48,10 @@ class CustomReward(Reward):
         return f"custom reward {self.source}"
 
 
-def import_target(target: str, setting: str) -> ScoreFunction:
-    """'package.module:attribute.path' -> the object, with one-line errors for each way it can fail."""
+def import_target(target: str, setting: str, signature: str = "(images, prompts)") -> ScoreFunction:
+    """'package.module:attribute.path' -> the callable, with one-line errors for each way it can fail.
+
+    Shared by every option that names user code (custom rewards, a VQA function for DPG)."""
     module_name, sep, attribute = str(target).partition(":")
     if not sep or not module_name or not attribute:
         raise DmdrError(f"{setting} is {target!r}: write it as 'package.module:function'")
@@ -62,5 +64,5 @@ def import_target(target: str, setting: str) -> ScoreFunction:
             raise DmdrError(f"{setting}: module {module_name!r} has no attribute {attribute!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise DmdrError(f"{setting}: {target} is a {type(obj).__name__}, not a function of (images, prompts)")
+        raise DmdrError(f"{setting}: {target} is a {type(obj).__name__}, not a function of {signature}")
     return obj
