@@ -118,6 +118,11 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     elif init:
         start = apply_init(init, nets)
         console.print(f"initialised from {init} (generator step counter at {start})")
+    if start == total_steps and resume_from is not None:  # a retried job whose run had finished: done, not wrong
+        if dist.is_main:  # the pruning its last checkpoint write may not have reached
+            ckpt.prune(run.path / "checkpoints", cfg.train.keep_checkpoints)
+        console.print(f"the run is complete at generator step {start}: nothing to do")
+        return run.path
     if start >= total_steps:
         raise DmdrError(f"the run is already at generator step {start} >= {total_steps}: raise train.steps "
                         f"(or coldstart.steps for `dmdr coldstart`) to continue")
@@ -217,9 +222,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                         micro_step(k, inner, micro, gen_turn, rl_on, stats, fake_losses)
                 fault_point("after-backward")
                 if gen_turn:
+                    parts = {"DMD": stats["dmd_loss"], **({"RL reward": stats["rl_loss"]} if rl_on else {})}
                     ok, norm = apply_update(nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g,
                                             "DMD/RL generator" if rl_on else "DMD generator", stats["generator_loss"],
-                                            {"DMD": stats["dmd_loss"], **({"RL reward": stats["rl_loss"]} if rl_on else {})})
+                                            parts)
                     stats["generator_grad_norm"], stats["generator_skipped"] = norm, int(not ok)
                     if rl_on and ok:
                         rl_branch.extra_updates(ctx, lambda extra_loss: apply_update(

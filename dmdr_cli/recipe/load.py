@@ -140,8 +140,9 @@ def _describe(err: dict, data: dict, source: str) -> str:
         return f"{source}: {path} is required: {field_help(loc)}"
     value = err.get("input")
     msg = err["msg"].removeprefix("Value error, ")
-    if kind in ("value_error", "assertion_error") and not loc:
-        return f"{source}: {msg}"
+    if kind in ("value_error", "assertion_error") and (not loc or isinstance(value, dict)):
+        # a section's own cross-check: its message is already the whole sentence
+        return f"{source}: {path + ': ' if loc else ''}{msg}"
     expected = field_help(loc)
     shown = _clip(repr(value)) if not isinstance(value, dict) else "a mapping"
     return f"{source}: {path} = {shown} is invalid ({msg}); expected: {expected}"

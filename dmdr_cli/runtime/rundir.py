@@ -86,8 +86,9 @@ class RunFolder:
 
     @contextlib.contextmanager
     def preemption(self):
-        """Signals set a flag the training loop checks after each step; however the loop ends (done, preempted,
-        an error), the folder's lock is released on the way out."""
+        """Signals set a flag the training loop checks after each step. A loop that ends by an exception (the
+        preemption's SystemExit, a stopped run) releases the folder's lock on the way out; a finished run
+        releases it with `close`."""
         flag = _Preemption()
         previous = {}
         for sig in PREEMPT_EXIT_CODES:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from ..dmd.randomness import keyed_generator
 from ..dmd.validation import grid_image
@@ -125,8 +124,7 @@ def world_report(ctx, encode, run_dir: Path, console: Console) -> dict:
         student = world_metrics(student_all, entries, reward=reward)
     rows = {f"teacher ({steps} steps, CFG {cfg_scale:g})": (teacher, 2 * steps),
             f"student ({len(ctx.student_times)} steps)": (student, len(ctx.student_times))}
-    table = render_table(rows)
-    console.print(table)
+    console.print(render_table(rows), markup=False, highlight=False)
     folder = run_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps({"teacher": teacher, "student": student,
@@ -144,19 +142,24 @@ def _cells(m: dict, nfe: int) -> list[str]:
     g = m.get("geneval", {})
     return ([str(nfe), f"{g.get('overall', float('nan')):.3f}"] + [f"{g.get(t, float('nan')):.2f}" for t in TASKS]
             + [f"{m.get('dpg', {}).get('overall', float('nan')):.1f}", f"{m.get('reward', float('nan')):.3f}",
-               f"{m.get('distance', float('nan')):.2f}"])
+               f"{m.get('distance', float('nan')):.1f}"])
 
 
 HEADER = ["model", "NFE", "GenEval", *TASKS, "DPG", "reward", "distance"]
+SHORT = ["model", "NFE", "GenEval", "single", "two", "count", "color", "pos", "attr", "DPG", "reward", "FD"]
 
 
-def render_table(rows: dict) -> Table:
-    table = Table(title="shapes world: teacher vs student (world-GenEval, world-DPG, world-clip, distance to renders)")
-    for h in HEADER:
-        table.add_column(h, justify="left" if h == "model" else "right")
+def render_table(rows: dict) -> str:
+    """A fixed-width table for an 80-column terminal; report.md has the long column names."""
+    widths = [8, 4, 7, 6, 5, 5, 5, 5, 5, 5, 6, 6]
+    title = ("shapes world, teacher vs student: world-GenEval (overall, per task), world-DPG,\n"
+             "world-clip reward, FD = Frechet distance to real renders (lower is better)")
+    lines = [title, " ".join(h.rjust(w) if k else h.ljust(w) for k, (h, w) in enumerate(zip(SHORT, widths)))]
+    lines.append("-" * len(lines[-1]))
     for name, (m, nfe) in rows.items():
-        table.add_row(name, *_cells(m, nfe))
-    return table
+        cells = [name.split(" (")[0], *_cells(m, nfe)]
+        lines.append(" ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(cells, widths))))
+    return "\n".join(lines)
 
 
 def markdown(rows: dict, entries) -> str:

@@ -1,6 +1,6 @@
 """Run `dmdr` as real, killable processes without paying torch's import for each one.
 
-A fork server (`python harness.py serve`) imports torch, diffusers and dmdr once, then forks one child per
+A fork server (`python kill_harness.py serve`) imports torch, diffusers and dmdr once, then forks one child per
 command; the child runs the CLI exactly as `python -m dmdr_cli ARGS` does, with its own environment
 (DMDR_FAULT ...) and its output in a log file. A SIGKILL, SIGTERM or SIGINT hits only the child, which is
 a process like any other: its lock, files and exit status are what a user's run would leave. One command
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TESTS = REPO / "tests"
 TENSOR_FILES = ("generator.safetensors", "fake.safetensors", "optim_generator.safetensors", "optim_fake.safetensors")
 
 

@@ -28,6 +28,7 @@ CHAIN = [
     ("after-optimizer-step", 2, {1, 2, 3}, "step 4's updates applied in memory, nothing saved"),
     ("checkpoint-file-rl_reference", 1, {1, 2, 3}, "writing step 4: the DPO reference"),
     ("checkpoint-optim-fake", 1, {1, 2, 3}, "writing step 4: its last file"),
+    ("checkpoint-after-latest", 1, {1, 2, 3, 4}, "the final checkpoint is latest, not pruned: the retry is done"),
 ]
 
 
@@ -46,21 +47,22 @@ def chain(forkserver, fault_recipe, reference_run, tmp_path_factory):
         log = run.parent / f"{i}-{point}.log"
         rc = forkserver.run(distill_args(fault_recipe, run), log, env={"DMDR_FAULT": point, "DMDR_FAULT_AT": str(at)})
         lock = run / ".lock"
-        outcomes[point] = {"rc": rc, "log": log, "steps": set(complete_checkpoints(run)),
-                           "problems": check_checkpoints(run, reference_run),
-                           "lock": lock.read_text().strip() if lock.is_file() else ""}
+        outcomes[i] = {"rc": rc, "log": log, "steps": set(complete_checkpoints(run)),
+                       "problems": check_checkpoints(run, reference_run),
+                       "lock": lock.read_text().strip() if lock.is_file() else ""}
     log = run.parent / "final.log"
     outcomes["final"] = {"rc": forkserver.run(distill_args(fault_recipe, run), log), "log": log, "run": run}
     return outcomes
 
 
-@pytest.mark.parametrize("point,at,steps,state", CHAIN, ids=[c[0] for c in CHAIN])
-def test_kill_leaves_complete_checkpoints(chain, point, at, steps, state):
-    out = chain[point]
+@pytest.mark.parametrize("link", range(len(CHAIN)), ids=[f"{c[0]}@{c[1]}" for c in CHAIN])
+def test_kill_leaves_complete_checkpoints(chain, link):
+    point, at, steps, state = CHAIN[link]
+    out = chain[link]
     assert out["rc"] == -signal.SIGKILL, f"never reached {point} (exit {out['rc']}): {out['log'].read_text()[-2000:]}"
     assert out["steps"] == steps, f"{state}: expected checkpoints {steps}, found {out['steps']}"
     assert not out["problems"], out["problems"]
-    assert out["lock"], "the killed run's lock file is left behind (and must not block the next run)"
+    assert out["lock"], "the killed run's pid stays in the lock file; the next run must not be blocked by it"
 
 
 def test_resumed_run_ends_bit_identical(chain, reference_run):
@@ -69,5 +71,6 @@ def test_resumed_run_ends_bit_identical(chain, reference_run):
     run = final["run"]
     assert set(complete_checkpoints(run)) == {STEPS - 1, STEPS}, "keep_checkpoints=2 once the run is done"
     assert not list((run / "checkpoints").glob(".partial-*")), "what the killed runs left is cleaned up"
-    assert differences(run / "checkpoints" / f"step-{STEPS:06d}", reference_run / "checkpoints" / f"step-{STEPS:06d}") == []
+    last = f"checkpoints/step-{STEPS:06d}"
+    assert differences(run / last, reference_run / last) == [], "bit-identical to the uninterrupted run"
     assert [r["step"] for r in log_rows(run)] == list(range(1, STEPS + 1)), "the log reads as one run"

@@ -98,7 +98,8 @@ def test_malicious_pickle_as_init_is_refused(tiny_sd, tmp_path):
     run = tmp_path / "run"
     res = invoke("distill", recipe(tmp_path, "sd", tiny_sd, run), "--init", evil)
     assert res.exit_code == 2, res.output
-    assert error_line(res) == f"error: --init {evil} is not a plain tensor file (UnpicklingError); convert it to .safetensors"
+    assert error_line(res) == (f"error: --init {evil} is not a plain tensor file (UnpicklingError); convert it "
+                               f"to .safetensors")
     assert not marker.exists(), "the pickle's code never ran"
     assert not run.exists()
 
@@ -137,3 +138,22 @@ def test_export_refuses_a_teacher_component_named_outside_out(tiny_sd, tmp_path)
     assert res.exit_code == 2, res.output
     assert error_line(res) == "error: refusing to write '../escape': the name would lead outside the export folder"
     assert not (tmp_path / "exports").exists()
+
+
+def test_run_state_is_safetensors_and_json(tmp_path):
+    """A checkpoint (weights, optimizer moments, step, recipe) round-trips through files no unpickler reads."""
+    from dmdr_cli.runtime import checkpoint as ckpt
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters())
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    folder = ckpt.save_checkpoint(tmp_path, 7, recipe_yaml="x: 1\n", state={"stage": "distill"}, keep=1,
+                                  tensors={"generator": net.state_dict()}, optimizers={"generator": opt})
+    assert {p.suffix for p in folder.iterdir()} == {".safetensors", ".json", ".yaml"}
+    data = ckpt.load_checkpoint(folder)
+    again = torch.optim.AdamW(net.parameters())
+    ckpt.optimizer_from_files(again, *data["optim"]["generator"])
+    assert data["state"]["step"] == 7
+    restored, saved = again.state_dict()["state"][0], opt.state_dict()["state"][0]
+    assert all(torch.equal(restored[k], saved[k]) for k in ("exp_avg", "exp_avg_sq", "step"))
