@@ -20,9 +20,14 @@ _PREFIXES = ("unet.", "transformer.", "model.diffusion_model.", "base_model.mode
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise DmdrError(f"--init {path} could not be read as safetensors ({e}): the file is damaged or "
+                            f"not a weights file") from None
     if path.suffix in (".bin", ".pt", ".pth"):
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)

@@ -28,10 +28,10 @@ def raising(error):
     return fail
 
 
-def failing_when(real, condition, error):
+def failing_when(real, condition, make_error):
     def save(tensors, path, *args, **kwargs):
         if condition(str(path)):
-            raise error(path)
+            raise make_error(path)
         return real(tensors, path, *args, **kwargs)
 
     return save
