@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import DmdrError
 from ..recipe import to_yaml
 from ..runtime.monitor import MetricsLog, StepProgress
 from .builtin_prompts import VAL_SEED
@@ -66,6 +67,9 @@ def train_reward(recipe, console: Console | None = None) -> Path:
     cfg = recipe.world.reward
     size = check_size(recipe.model.resolution)
     out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not (out / "train_log.jsonl").is_file():
+        raise DmdrError(f"world.reward.out: {out} holds something other than a world-clip reward (no "
+                        f"train_log.jsonl), and the reward is written there: choose an empty or new folder")
     config = WorldClipConfig(resolution=size, image_channels=list(cfg.image_channels), embed_dim=cfg.embed_dim,
                              text_width=cfg.text_width, text_layers=cfg.text_layers, text_heads=cfg.text_heads,
                              max_tokens=cfg.max_tokens)

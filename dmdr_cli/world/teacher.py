@@ -170,6 +170,9 @@ def train_teacher(recipe, *, resume: str | None = None, console: Console | None 
         raise DmdrError(f"model.family: the world teacher is an sd-family pipeline; set model.family: sd, "
                         f"not {recipe.model.family}")
     export_dir = Path(recipe.model.pretrained)
+    if export_dir.exists() and any(export_dir.iterdir()) and not (export_dir / "train_log.jsonl").is_file():
+        raise DmdrError(f"model.pretrained: {export_dir} holds something other than a world teacher (no "
+                        f"train_log.jsonl), and the teacher is written there: choose an empty or new folder")
     run = RunFolder(Path(recipe.output.dir), resume=resume is not None)
     recipe_yaml = to_yaml(recipe)
 

@@ -119,3 +119,12 @@ def _prompt(task: str, include: list[dict]) -> str:
 def test_probe_distractors_are_minimal_edits(task, prompt, distractors):
     include = next(m["include"] for m in task_pool(task, 24) if m["prompt"] == prompt)
     assert {_prompt(task, edit) for edit in distractor_includes(task, include, 24)} == distractors
+
+
+def test_never_overwrites_a_folder_it_did_not_write(tmp_path):
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "todo.txt").write_text("keep me")
+    res = runner.invoke(app, ["world", "reward", str(RECIPE), f"world.reward.out={precious}", "world.reward.steps=1"])
+    assert res.exit_code == 2 and "choose an empty or new folder" in res.output
+    assert (precious / "todo.txt").read_text() == "keep me"

@@ -160,3 +160,13 @@ def test_bad_resolution_is_one_line(tmp_path):
     res = runner.invoke(app, ["world", "teacher", str(RECIPE), "model.resolution=20",
                               f"model.pretrained={tmp_path / 't'}", f"output.dir={tmp_path / 'r'}"])
     assert res.exit_code == 2 and "resolution 20" in res.output and not (tmp_path / "r").exists()
+
+
+def test_never_overwrites_a_folder_it_did_not_write(tmp_path):
+    precious = tmp_path / "my-sd-model"
+    precious.mkdir()
+    (precious / "model_index.json").write_text("{}")
+    res = runner.invoke(app, ["world", "teacher", str(RECIPE), *TINY, f"model.pretrained={precious}",
+                              f"output.dir={tmp_path / 'r'}", "world.teacher.steps=1"])
+    assert res.exit_code == 2 and "choose an empty or new folder" in res.output
+    assert [p.name for p in precious.iterdir()] == ["model_index.json"] and not (tmp_path / "r").exists()
