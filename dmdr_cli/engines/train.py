@@ -7,7 +7,7 @@ The generator-step counter k drives every schedule and continues across stages, 
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
 from pathlib import Path
 
@@ -92,7 +92,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     world_run = stage == "distill" and is_world_model(cfg)  # ends with the teacher-vs-student world table
     report_prompts = [e["prompt"] for e in eval_entries(cfg.model.resolution)] if world_run else []
     all_prompts = sorted(set(prompts) | set(val_prompts) | set(report_prompts))
-    with console.status("encoding prompts") if dist.is_main else _null():
+    with console.status("encoding prompts") if dist.is_main else contextlib.nullcontext():
         conds = encode_all(family, all_prompts, device)
         uncond = family.unconditional()
     if cfg.data.cache_embeddings:
@@ -340,14 +340,5 @@ def memory_stats(device: torch.device) -> dict:
 
 
 def _is_scalar(v) -> bool:
-    if torch.is_tensor(v):
-        return v.numel() == 1
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)) or isinstance(v, float)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    """One number (a 1-element tensor, an int or a float; non-finite ones are logged as strings)."""
+    return (torch.is_tensor(v) and v.numel() == 1) or (isinstance(v, (int, float)) and not isinstance(v, bool))
