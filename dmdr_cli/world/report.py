@@ -4,7 +4,7 @@ Both are sampled on the same prompts with the same keyed noise: the teacher with
 (25 steps, CFG: 50 NFE), the student with its few-step sampler (NFE = its steps). Scores: world-GenEval
 (overall and per task), world-DPG, the world-clip reward and the distance to real renders
 (evaluate/world_bench.py). The teacher's numbers are cached next to its weights, keyed by the settings
-that produced them, so they are computed once. Writes report/ (markdown, JSON, a teacher-vs-student
+that produced them, so they are computed once (the shipped teacher ships its cache). Writes report/ (markdown, JSON, a teacher-vs-student
 grid, curve plots) and prints the table.
 """
 
@@ -22,18 +22,25 @@ from ..dmd.validation import grid_image
 from ..families.base import Guidance
 from ..sampling import sample, teacher_sample
 
-TEACHER_FOLDER = Path(__file__).parent / "weights" / "teacher"
+TEACHER_FOLDER = Path(__file__).parent / "weights" / "teacher"  # the shipped one
 EVAL_GENEVAL_PROMPTS = 120  # 20 per task: about 1 CPU-minute per model at 24 px
 EVAL_DPG_ITEMS = 12  # x 4 tiles
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
 def is_world_model(cfg) -> bool:
-    """A recipe distilling the built-in world's teacher (its report is the world table)."""
-    try:
-        return Path(cfg.model.pretrained).resolve() == TEACHER_FOLDER.resolve()
-    except OSError:
+    """A recipe distilling a shapes-world teacher: a pipeline folder that `dmdr world teacher` wrote (its
+    recipe.yaml has a world.teacher section). Its report is the world table."""
+    import yaml
+
+    written_by = Path(cfg.model.pretrained) / "recipe.yaml"
+    if not (written_by.is_file() and (written_by.parent / "model_index.json").is_file()):
         return False
+    try:
+        recipe = yaml.safe_load(written_by.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(recipe, dict) and isinstance(recipe.get("world"), dict) and "teacher" in recipe["world"]
 
 
 def eval_entries(resolution: int) -> list[dict]:
@@ -95,7 +102,7 @@ def teacher_metrics(ctx, entries, conds, steps: int, cfg_scale: float, reward) -
 
     key = hashlib.sha256(json.dumps([len(entries), steps, cfg_scale, ctx.cfg.model.resolution,
                                      [e["prompt"] for e in entries]]).encode()).hexdigest()[:16]
-    cache = TEACHER_FOLDER / "eval_cache.json"
+    cache = Path(ctx.cfg.model.pretrained) / "eval_cache.json"  # next to the teacher's weights
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     images = teacher_images(ctx, conds[:48], steps, cfg_scale)  # for the side-by-side grid only
     if key in cached:

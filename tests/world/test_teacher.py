@@ -29,6 +29,7 @@ TINY = [  # a 24 px teacher small enough to take a few steps in well under a sec
     "world.teacher.batch_size=4", "world.teacher.channels=[8, 16]", "world.teacher.attention_heads=2",
     "world.teacher.text_width=16", "world.teacher.text_heads=2", "world.teacher.dense_fraction=0.5",
     "world.teacher.warmup_steps=1", "world.teacher.checkpoint_every=0", "world.teacher.threads=0",
+    "world.teacher.eval_prompts=0",
 ]
 
 
@@ -113,7 +114,9 @@ def test_tiny_teacher_trains_through_the_cli_and_loads_as_sd(tmp_path):
     from dmdr_cli.families.base import Guidance
     from dmdr_cli.sampling import teacher_sample
 
-    folder = train_tiny(tmp_path, "teacher", "world.teacher.steps=3")
+    folder = train_tiny(tmp_path, "teacher", "world.teacher.steps=3", "world.teacher.eval_prompts=6", "sample.steps=2")
+    geneval = json.loads((folder / "geneval.json").read_text())
+    assert geneval["prompts"] == 6 and geneval["steps"] == 2 and 0 <= geneval["scores"]["overall"] <= 1
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 3 and np.isfinite(log[-1]["loss"])
     assert load_recipe(folder / "recipe.yaml").world.teacher.steps == 3

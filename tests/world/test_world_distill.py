@@ -18,8 +18,9 @@ RECIPE = ROOT / "recipes" / "world" / "dmdr.yaml"
 
 
 def test_world_distill_runs_cold_start_and_refl(tmp_path):
-    teacher = tmp_path / "teacher"  # a copy: the run is then not the built-in world's, so no report
-    shutil.copytree(TEACHER_FOLDER, teacher, ignore=shutil.ignore_patterns("eval_cache.json", "train_log.jsonl"))
+    teacher = tmp_path / "teacher"  # a copy without the recipe that marks a world teacher: no (slow) report
+    shutil.copytree(TEACHER_FOLDER, teacher, ignore=shutil.ignore_patterns("eval_cache.json", "train_log.jsonl",
+                                                                           "recipe.yaml"))
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["distill", str(RECIPE), f"model.pretrained={teacher}", f"output.dir={run}",
                                       "train.steps=2", "coldstart.steps=1", "rl.start_step=1", "train.batch_size=2",
@@ -35,6 +36,7 @@ def test_world_recipe_is_recognised_and_table_renders():
     from dmdr_cli.recipe import load_recipe
 
     assert is_world_model(load_recipe(RECIPE))
+    assert not is_world_model(load_recipe(ROOT / "recipes" / "sd3-medium" / "4step-refl.yaml"))
     metrics = {"geneval": {"overall": 0.5, "single_object": 1.0}, "dpg": {"overall": 40.0}, "reward": 0.7,
                "distance": 12.0}
     rows = {"teacher (25 steps, CFG 2)": (metrics, 50), "student (4 steps)": (metrics, 4)}
