@@ -100,9 +100,11 @@ def teacher_metrics(ctx, entries, conds, steps: int, cfg_scale: float, reward) -
     """The teacher's scores, from the cache next to its weights when the settings match."""
     from ..evaluate.world_bench import world_metrics
 
-    key = hashlib.sha256(json.dumps([len(entries), steps, cfg_scale, ctx.cfg.model.resolution,
+    folder = Path(ctx.cfg.model.pretrained)
+    weights = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.glob("*/*.safetensors")))).hexdigest()
+    key = hashlib.sha256(json.dumps([weights, len(entries), steps, cfg_scale, ctx.cfg.model.resolution,
                                      [e["prompt"] for e in entries]]).encode()).hexdigest()[:16]
-    cache = Path(ctx.cfg.model.pretrained) / "eval_cache.json"  # next to the teacher's weights
+    cache = folder / "eval_cache.json"  # next to the teacher's weights, keyed by them and the settings
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     images = teacher_images(ctx, conds[:48], steps, cfg_scale)  # for the side-by-side grid only
     if key in cached:
