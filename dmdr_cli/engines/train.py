@@ -106,6 +106,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         nets = build_networks(teacher, cfg, FAMILIES[cfg.model.family])
     if cfg.train.gradient_checkpointing and nets.generator is not teacher:
         nets.generator.enable_gradient_checkpointing()
+    if cfg.train.compile:  # in place; adapter switches and new shapes recompile, so worth it for long runs only
+        for net in {id(teacher): teacher, id(nets.generator): nets.generator}.values():
+            net.compile()
     opt_g = make_optimizer(nets.generator_params, cfg.train.lr_generator, cfg.train, device)
     opt_f = make_optimizer(nets.fake_params, cfg.train.lr_guidance, cfg.train, device)
     if rl_branch is not None:
