@@ -251,15 +251,16 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                                  k, cfg.train.seed)
             validating = cfg.train.validate_every and k % cfg.train.validate_every == 0
             due = (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps or validating
-            if due or preempt.requested:  # once per step: a preempted run checkpoints the step it just finished
+            stop = dist.any(preempt.requested)  # the signal may reach one process only; all must save and stop
+            if due or stop:  # once per step: a preempted run checkpoints the step it just finished
                 save(k)
             if validating and dist.is_main:
                 best = run_validation(k, best)
-            if preempt.requested and k < total_steps:  # a signal during the last step: the run is simply done
+            if stop and k < total_steps:  # a signal during the last step: the run is simply done
                 console.print(f"[yellow]stopped by {preempt.signal_name} at generator step {k}; checkpoint written. "
                               f"Continue with --resume latest[/]")
                 log.close()
-                raise SystemExit(preempt.exit_code)
+                raise SystemExit(preempt.exit_code or 143)  # a process stopped by another's signal: SIGTERM's code
     if dist.is_main and cfg.train.sample_every:
         save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
                          k, cfg.train.seed)

@@ -43,6 +43,14 @@ class Dist:
             g.copy_(flat[offset:offset + n].view_as(g))
             offset += n
 
+    def any(self, flag: bool) -> bool:
+        """True on every process if it is True on any (a collective: all processes call it each step)."""
+        if self.world_size == 1:
+            return bool(flag)
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
