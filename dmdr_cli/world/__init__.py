@@ -8,4 +8,9 @@ evaluate on a laptop CPU.
     dense.py     DPG-style dense prompts with question graphs
     detect.py    exact detector (colour segmentation, connected components, shape templates)
     answer.py    DPG-style answers from detections (GenEval: evaluate/geneval_score.py)
+    teacher*.py  the pixel-space teacher: tokenizer, model, training (`dmdr world teacher`), GenEval
+    reward*.py   world-clip, the learned reward (`dmdr world reward`), and its blind-spot probe
+    builtin_prompts.py  prompt sets builtin:world and builtin:world-val
+    report.py    the teacher-vs-student table that ends a world distillation
+    weights/     the shipped teacher and reward, with the recipes and logs that trained them
 """
