@@ -27,19 +27,27 @@ def grid_image(images: torch.Tensor, cols: int | None = None, pad: int = 2):
 
 
 @torch.no_grad()
-def student_images(ctx, cond, seed: int, tag: str = "grid") -> torch.Tensor:
+def keyed_noise(family, n: int, resolution: int, *key) -> torch.Tensor:
+    """Row i's starting noise from keyed_generator(*key, i): the same whatever the batch or the step."""
+    return torch.cat([family.noise(1, resolution, resolution, generator=keyed_generator(*key, i)) for i in range(n)])
+
+
+def student_images(ctx, cond, seed: int, tag: str = "grid", batch: int = 64) -> torch.Tensor:
     """Images of the current student for `cond`, one fixed noise per row (the same at every step)."""
-    res = ctx.cfg.model.resolution
-    noise = torch.cat([ctx.family.noise(1, res, res, generator=keyed_generator(seed, tag, i)) for i in range(cond.batch_size)])
+    noise = keyed_noise(ctx.family, cond.batch_size, ctx.cfg.model.resolution, seed, tag)
     net = ctx.nets.as_generator()
     step_noise = iter(range(10**9))
 
     def fresh(like):
         return torch.randn(like.shape, generator=keyed_generator(seed, tag, "step", next(step_noise))).to(like)
 
-    with ctx.amp():
-        x0 = sample(ctx.family, net, noise.to(ctx.device), cond.to(ctx.device), ctx.student_times, ctx.sampler, fresh)
-        return ctx.family.decode(x0.to(next(net.parameters()).dtype)).float().cpu()
+    out = []
+    for s in range(0, cond.batch_size, batch):
+        with ctx.amp():
+            x0 = sample(ctx.family, net, noise[s:s + batch].to(ctx.device), cond[s:s + batch].to(ctx.device),
+                        ctx.student_times, ctx.sampler, fresh)
+            out.append(ctx.family.decode(x0).float().cpu())
+    return torch.cat(out)
 
 
 def save_sample_grid(ctx, prompts: list[str], cond, folder: Path, step: int, seed: int) -> Path:

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import DmdrError
 from ..families.base import Cond
+from ..families.schedules import _bcast
 from ..rewards.loss import combined_reward_loss
 from ..sampling import sample
 from .dpo import dpo_loss, per_sample_error, pick_pairs
@@ -278,10 +279,6 @@ class GRPO(_WithReference):
 def group_noise(rng, shape, K: int, purpose: str) -> torch.Tensor:
     """Per-sample noise for K samples of each prompt, prompt-major (sample j of prompt i at i*K + j)."""
     return torch.stack([rng.randn(shape, purpose) for _ in range(K)], 1).reshape(-1, *shape)
-
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (like.ndim - 1))) if torch.is_tensor(v) else v
 
 
 def _load_decoder(path: str, device):

@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ..dmd.randomness import keyed_generator
-from ..dmd.validation import grid_image
+from ..dmd.validation import grid_image, keyed_noise, student_images
 from ..families.base import Guidance
-from ..sampling import sample, teacher_sample
+from ..sampling import teacher_sample
 
 TEACHER_FOLDER = Path(__file__).parent / "weights" / "teacher"  # the shipped one
 EVAL_GENEVAL_PROMPTS = 120  # 20 per task: about 1 CPU-minute per model at 24 px
 EVAL_DPG_ITEMS = 12  # x 4 tiles
+EVAL_SEED, EVAL_TAG = 0, "world-eval"  # teacher and student start from the same keyed noise
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
@@ -51,30 +51,10 @@ def eval_entries(resolution: int) -> list[dict]:
     return list(geneval) + [item for item in dense for _ in range(4)]  # 4 DPG tiles per dense item
 
 
-def _noise(family, n: int, resolution: int, device) -> torch.Tensor:
-    return torch.cat([family.noise(1, resolution, resolution, generator=keyed_generator("world-eval", i))
-                      for i in range(n)]).to(device)
-
-
-@torch.no_grad()
-def student_images(ctx, conds, batch: int = 64) -> torch.Tensor:
-    net = ctx.nets.as_generator()
-    noises = _noise(ctx.family, conds.batch_size, ctx.cfg.model.resolution, ctx.device)
-    out = []
-    for s in range(0, conds.batch_size, batch):
-        cond = conds[s:s + batch].to(ctx.device)
-        noise = noises[s:s + batch]
-        step = iter(range(10**9))
-        fresh = lambda like: torch.randn(like.shape, generator=keyed_generator("world-eval-step", s, next(step))).to(like)
-        with ctx.amp():
-            out.append(ctx.family.decode(sample(ctx.family, net, noise, cond, ctx.student_times, ctx.sampler, fresh)).cpu())
-    return torch.cat(out)
-
-
 @torch.no_grad()
 def teacher_images(ctx, conds, steps: int, cfg_scale: float, batch: int = 64) -> torch.Tensor:
     net = ctx.nets.as_real(0.0)  # adapters off: exactly the teacher
-    noises = _noise(ctx.family, conds.batch_size, ctx.cfg.model.resolution, ctx.device)
+    noises = keyed_noise(ctx.family, conds.batch_size, ctx.cfg.model.resolution, EVAL_SEED, EVAL_TAG).to(ctx.device)
     out = []
     for s in range(0, conds.batch_size, batch):
         cond = conds[s:s + batch].to(ctx.device)
@@ -102,7 +82,7 @@ def teacher_metrics(ctx, entries, conds, steps: int, cfg_scale: float, reward) -
 
     folder = Path(ctx.cfg.model.pretrained)
     weights = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.glob("*/*.safetensors")))).hexdigest()
-    key = hashlib.sha256(json.dumps([weights, len(entries), steps, cfg_scale, ctx.cfg.model.resolution,
+    key = hashlib.sha256(json.dumps([weights, EVAL_SEED, EVAL_TAG, len(entries), steps, cfg_scale, ctx.cfg.model.resolution,
                                      [e["prompt"] for e in entries]]).encode()).hexdigest()[:16]
     cache = folder / "eval_cache.json"  # next to the teacher's weights, keyed by them and the settings
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -129,7 +109,7 @@ def world_report(ctx, encode, run_dir: Path, console: Console) -> dict:
     cfg_scale = ctx.cfg.sample.cfg or ctx.cfg.guidance.scale
     with console.status("evaluating teacher and student on the world benchmarks"):
         teacher, teacher_grid = teacher_metrics(ctx, entries, conds, steps, cfg_scale, reward)
-        student_all = student_images(ctx, conds)
+        student_all = student_images(ctx, conds, EVAL_SEED, EVAL_TAG)  # the teacher's noise, row for row
         student = world_metrics(student_all, entries, reward=reward)
     rows = {f"teacher ({steps} steps, CFG {cfg_scale:g})": (teacher, 2 * steps),
             f"student ({len(ctx.student_times)} steps)": (student, len(ctx.student_times))}
