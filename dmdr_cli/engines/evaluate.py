@@ -31,6 +31,7 @@ from .sample import SampleOptions, run_sample
 
 BENCHES = ("scores", "geneval", "dpg", "world-distance")
 WORLD_SCORE_PROMPTS = "builtin:world-val"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass
@@ -82,6 +83,9 @@ def _model_subject(model: str, options: EvaluateOptions) -> Subject:
 def _images_subject(images: Path, options: EvaluateOptions) -> Subject:
     if not images.is_dir():
         raise DmdrError(f"--images {images} is not a folder of samples")
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in images.rglob("*")):  # before any judge loads
+        raise DmdrError(f"--images {images} holds no images ({', '.join(IMAGE_SUFFIXES)}): point it at a folder "
+                        f"written by `dmdr sample`")
     settings = sample_sets.read_settings(images)
     world = options.world
     if world is None:

@@ -87,10 +87,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     rl_branch = build_rl_branch(cfg, device, stage)  # rewards load (and fail) before the teacher
     family = load_family(cfg.model, device=device, dtype=frozen_dtype(cfg.model.dtype, device),
                          uncond_mode=cfg.guidance.uncond)
-    from ..world.report import eval_entries, is_world_model, world_report
+    from ..world.report import eval_entries, is_world_model, validation_metrics, world_report
 
-    world_run = stage == "distill" and is_world_model(cfg)  # ends with the teacher-vs-student world table
-    report_prompts = [e["prompt"] for e in eval_entries(cfg.model.resolution)] if world_run else []
+    world = is_world_model(cfg)  # validation adds the exact world metrics
+    world_run = stage == "distill" and world  # ends with the teacher-vs-student world table
+    world_entries = eval_entries(cfg.model.resolution) if world else []
+    report_prompts = [e["prompt"] for e in world_entries]
     all_prompts = sorted(set(prompts) | set(val_prompts) | set(report_prompts))
     with console.status("encoding prompts") if dist.is_main else contextlib.nullcontext():
         conds = encode_all(family, all_prompts, device)
@@ -196,6 +198,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     def run_validation(k: int, best: float | None) -> float | None:
         """Validation metrics into the log, a grid into samples/, and the best checkpoint by weighted reward."""
         metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
+        if world:
+            metrics.update(validation_metrics(ctx, world_entries, conds[[index_of[e["prompt"]] for e in world_entries]]))
         (run.path / "samples").mkdir(exist_ok=True)
         grid_image(images).save(run.path / "samples" / f"validation-{k:06d}.png")
         log.write(k, metrics)

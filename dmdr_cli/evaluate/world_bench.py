@@ -27,7 +27,7 @@ from ..errors import DmdrError
 from ..world.answer import answer
 from ..world.builtin_prompts import PROMPT_SIZE, VAL_DENSE, VAL_SEED, validation_dense_items
 from ..world.dense import generate_dense_prompts, render_dense
-from ..world.detect import detect_objects
+from ..world.detect import COUNTING_SCORE_THRESHOLD, detect_objects
 from ..world.prompts import generate_prompts, render_for
 from ..world.scene import COLORS, SHAPES, check_size
 from .dpg import DpgItem, DpgQuestion, DpgReport, evaluate_dpg, make_grid
@@ -90,7 +90,7 @@ def geneval_results(images: Sequence[np.ndarray], metadata: Sequence[dict]) -> l
     """One {"tag", "prompt", "correct", "reason"} record per image (colours come with the detections)."""
     results = []
     for image, meta in zip(images, metadata, strict=True):
-        correct, reason = score_image(meta, detect_objects(image))
+        correct, reason = score_image(meta, detect_objects(image), counting_threshold=COUNTING_SCORE_THRESHOLD)
         results.append({"tag": meta["tag"], "prompt": meta["prompt"], "correct": bool(correct), "reason": reason})
     return results
 

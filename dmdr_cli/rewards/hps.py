@@ -35,6 +35,7 @@ class HPSReward(OpenClipCosineReward):
             raise ModelLoadError(f"unknown HPS version {version!r}: use one of {', '.join(HPS_FILES)}")
         file = resolve_file(path, HPS_FILES[version], default_repo=HPS_REPO,
                             get_it=f"the Hugging Face repo {HPS_REPO}", setting=f"{key}.path")
+        state = load_state_dict(file)  # an unreadable file fails before the (slow) ViT-H-14 build
         model = build_open_clip(arch)
-        load_into(model, load_state_dict(file), file, f"open_clip {arch} (HPS{version})")
+        load_into(model, state, file, f"open_clip {arch} (HPS{version})")
         return cls(model, open_clip_tokenizer(arch), image_input_of(model.visual), source=str(file))

@@ -89,8 +89,9 @@ def load_open_clip(arch: str, *, tag: str | None, path: str | None, setting: str
     names, default_repo = _hub_location(cfg)
     get_it = f"the Hugging Face repo {default_repo}" if default_repo else (cfg.get("url") or "its publisher")
     file = resolve_file(path, names, default_repo=default_repo, get_it=get_it, setting=setting)
+    state = load_state_dict(file)  # an unreadable file fails before the model is built
     model = build_open_clip(arch, quick_gelu=bool(cfg.get("quick_gelu", False)))
-    load_into(model, load_state_dict(file), file, f"open_clip {arch}")
+    load_into(model, state, file, f"open_clip {arch}")
     return model, image_input_of(model.visual, cfg)
 
 

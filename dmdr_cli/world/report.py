@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from rich.console import Console
 from ..dmd.validation import grid_image, keyed_noise, student_images
 from ..families.base import Guidance
 from ..sampling import teacher_sample
+from .detect import COUNTING_SCORE_THRESHOLD
 
 TEACHER_FOLDER = Path(__file__).parent / "weights" / "teacher"  # the shipped one
 EVAL_GENEVAL_PROMPTS = 120  # 20 per task: about 1 CPU-minute per model at 24 px
@@ -82,26 +84,49 @@ def teacher_metrics(ctx, entries, conds, steps: int, cfg_scale: float, reward) -
 
     folder = Path(ctx.cfg.model.pretrained)
     weights = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.glob("*/*.safetensors")))).hexdigest()
-    key = hashlib.sha256(json.dumps([weights, EVAL_SEED, EVAL_TAG, len(entries), steps, cfg_scale, ctx.cfg.model.resolution,
+    scheduler = ctx.family.components.scheduler_config  # the teacher samples with it
+    key = hashlib.sha256(json.dumps([weights, sorted(scheduler.items()), COUNTING_SCORE_THRESHOLD, EVAL_SEED, EVAL_TAG,
+                                     len(entries), steps, cfg_scale, ctx.cfg.model.resolution,
                                      [e["prompt"] for e in entries]]).encode()).hexdigest()[:16]
     cache = folder / "eval_cache.json"  # next to the teacher's weights, keyed by them and the settings
-    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    try:
+        cached = json.loads(cache.read_text())
+    except (OSError, ValueError):  # none yet (or unreadable): computed below
+        cached = {}
     images = teacher_images(ctx, conds[:48], steps, cfg_scale)  # for the side-by-side grid only
     if key in cached:
         return cached[key], images
     metrics = world_metrics(teacher_images(ctx, conds, steps, cfg_scale), entries, reward=reward)
     cached[key] = metrics
-    try:
-        cache.write_text(json.dumps(cached, indent=1))
+    try:  # renamed into place: runs side by side never read a half-written cache
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1))
+        tmp.replace(cache)
     except OSError:  # a read-only install: recompute next time
         pass
     return metrics, images
 
 
-def world_report(ctx, encode, run_dir: Path, console: Console) -> dict:
-    """Evaluate teacher and student, print the table, write run_dir/report/."""
+def student_metrics(ctx, entries, conds, reward=None) -> tuple[dict, torch.Tensor]:
+    """The student's world metrics and images, from the teacher's noise row for row."""
     from ..evaluate.world_bench import world_metrics
 
+    images = student_images(ctx, conds, EVAL_SEED, EVAL_TAG)
+    return world_metrics(images, entries, reward=reward), images
+
+
+def validation_metrics(ctx, entries, conds) -> dict:
+    """The final table's exact metrics as flat validation scalars, for curves against generator step
+    (about 2 s per validation at 24 px on a CPU core; no reward, which the run's own validation has)."""
+    metrics, _ = student_metrics(ctx, entries, conds)
+    flat = {f"val_world_geneval_{task}": metrics["geneval"][task] for task in TASKS}
+    flat.update(val_world_geneval=metrics["geneval"]["overall"], val_world_dpg=metrics["dpg"]["overall"],
+                val_world_distance=metrics["distance"])
+    return flat
+
+
+def world_report(ctx, encode, run_dir: Path, console: Console) -> dict:
+    """Evaluate teacher and student, print the table, write run_dir/report/."""
     entries = eval_entries(ctx.cfg.model.resolution)
     conds = encode([e["prompt"] for e in entries])
     reward = _reward(ctx.cfg, ctx.device)
@@ -109,8 +134,7 @@ def world_report(ctx, encode, run_dir: Path, console: Console) -> dict:
     cfg_scale = ctx.cfg.sample.cfg or ctx.cfg.guidance.scale
     with console.status("evaluating teacher and student on the world benchmarks"):
         teacher, teacher_grid = teacher_metrics(ctx, entries, conds, steps, cfg_scale, reward)
-        student_all = student_images(ctx, conds, EVAL_SEED, EVAL_TAG)  # the teacher's noise, row for row
-        student = world_metrics(student_all, entries, reward=reward)
+        student, student_all = student_metrics(ctx, entries, conds, reward)
     rows = {f"teacher ({steps} steps, CFG {cfg_scale:g})": (teacher, 2 * steps),
             f"student ({len(ctx.student_times)} steps)": (student, len(ctx.student_times))}
     console.print(render_table(rows), markup=False, highlight=False)

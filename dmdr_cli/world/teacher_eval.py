@@ -14,12 +14,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..evaluate.geneval_score import score_image, summarize
+from ..evaluate.geneval_score import summarize
 from ..families import Family
 from ..families.base import Guidance
 from ..sampling import teacher_sample
 from .builtin_prompts import VAL_SEED
-from .detect import detect_objects
 from .prompts import generate_prompts
 from .teacher import derived_seed
 
@@ -47,11 +46,10 @@ def sample_prompts(family: Family, prompts: list[str], steps: int, cfg_scale: fl
 def world_geneval(family: Family, metadata: list[dict], steps: int, cfg_scale: float, seed: int = 0,
                   batch_size: int = 64) -> tuple[dict[str, float], list[dict]]:
     """(per-task and overall scores, one record per image) for GenEval-style `metadata`."""
+    from ..evaluate.world_bench import as_uint8, geneval_results
+
     images = sample_prompts(family, [m["prompt"] for m in metadata], steps, cfg_scale, seed, batch_size)
-    records = []
-    for meta, image in zip(metadata, images):
-        correct, reason = score_image(meta, detect_objects(image.permute(1, 2, 0).numpy()))
-        records.append({"tag": meta["tag"], "prompt": meta["prompt"], "correct": correct, "reason": reason})
+    records = geneval_results([as_uint8(image) for image in images], metadata)
     return summarize(records), records
 
 

@@ -62,11 +62,16 @@ def places(tiny_sd, exportable, tmp_path_factory) -> dict[str, str]:
              "tag.yaml": "model: !!python/object/apply:os.system ['echo hi']\n",
              "loop.yaml": "model: &m {family: sd, pretrained: x, again: *m}\n",
              "deep.yaml": "model: " + "[" * 1000 + "]" * 1000 + "\n", "blank.txt": "\n  \n", "p.txt": "a cat\n",
-             "weights.txt": "x", "garbage.pt": "not a pickle at all", "file.txt": "x", "nonempty/f": "x"}
+             "weights.txt": "x", "garbage.pt": "not a pickle at all",
+             "garbage.safetensors": "not safetensors either", "file.txt": "x", "nonempty/f": "x"}
     for name, text in files.items():
         (tmp / name).parent.mkdir(exist_ok=True)
         (tmp / name).write_text(text)
-    (tmp / "images").mkdir()
+    (tmp / "images").mkdir()  # one image: rows with this folder fail on their own flag, not on an empty folder
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp / "images" / "0.png")
+    (tmp / "no-images").mkdir()
     ckpt = exportable / "checkpoints" / "step-000120"
     for name in ("norecipe", "badstate", "badweights"):
         shutil.copytree(ckpt, tmp / name)

@@ -140,3 +140,17 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradient(hps_rewar
     checkpointed = image_gradient()
     assert len(calls) == 2  # forward + recomputation in backward
     torch.testing.assert_close(checkpointed, plain)
+
+
+def test_an_unreadable_hps_file_fails_before_the_model_is_built(tmp_path, monkeypatch):
+    """A truncated download must not cost the ViT-H-14 build (tens of seconds on a CPU) before its error."""
+    import dmdr_cli.rewards.hps as hps
+
+    def no_build(*_args, **_kwargs):
+        raise AssertionError("the model was built before the weights file was read")
+
+    monkeypatch.setattr(hps, "build_open_clip", no_build)
+    broken = tmp_path / "HPS_v2.1_compressed.pt"
+    broken.write_bytes(b"\x80\x02 truncated")
+    with pytest.raises(DmdrError, match="not a readable torch checkpoint|not a plain tensor checkpoint"):
+        HPSReward.from_pretrained(str(broken))

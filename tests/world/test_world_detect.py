@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dmdr_cli.evaluate.geneval_score import score_image
 from dmdr_cli.world.detect import default_min_area, detect_objects, label_components
 from dmdr_cli.world.prompts import generate_prompts, render_for
 from dmdr_cli.world.render import render_scene
@@ -84,3 +85,16 @@ def test_touching_same_colour_pixels_form_one_component_and_diagonals_do_not():
     for k, row in enumerate((1, 3, 5, 7)):
         snake[row, slice(0, 8) if k % 2 == 0 else slice(1, 9)] = -1
     assert set(np.unique(label_components(snake))) == {-1, 0}  # one winding path, id = its first pixel
+
+
+def test_counting_uses_the_world_threshold_not_mask2formers(blurred):
+    """Counting prompts keep detections above the detector's own calibrated level (detect.py): a slightly
+    blurred, noisy render of the right count passes, where GenEval's 0.9 would reject nearly all of them."""
+    from dmdr_cli.evaluate.world_bench import as_uint8, geneval_results
+
+    rng = np.random.default_rng(7)
+    metadata = [m for m in generate_prompts(600, seed=7, size=24) if m["tag"] == "counting"][:40]
+    images = [as_uint8(blurred(render_for(m, rng, 24)[0], sigma=0.7, noise=10, seed=i)) for i, m in enumerate(metadata)]
+    world = sum(r["correct"] for r in geneval_results(images, metadata)) / len(images)
+    official = sum(score_image(m, detect_objects(image))[0] for m, image in zip(metadata, images)) / len(images)
+    assert world >= 0.9 and official <= 0.3

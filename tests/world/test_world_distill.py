@@ -44,3 +44,19 @@ def test_world_recipe_is_recognised_and_table_renders():
     assert all(len(line) <= 80 for line in text.splitlines())
     assert "teacher" in text and "0.500" in text and "12.0" in text
     assert "| student (4 steps) | 4 | 0.500 |" in markdown(rows, [{"tag": "x", "prompt": "p"}])
+
+
+def test_world_validation_logs_the_exact_metrics(tmp_path):
+    """A world run's validation adds the final table's metrics, for curves against generator step (the cold
+    start ablation plots them); `dmdr coldstart` keeps the run short since it ends without the table."""
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["coldstart", str(RECIPE), f"output.dir={run}", "coldstart.steps=2",
+                                      "train.batch_size=2", "dmd.fake_updates_per_generator_update=1",
+                                      "train.sample_every=0", "train.validate_every=2", "data.num_validation=2"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    validation = next(r for r in rows if "val_world_geneval" in r)
+    assert validation["step"] == 2 and 0 <= validation["val_world_geneval"] <= 1
+    assert 0 <= validation["val_world_geneval_counting"] <= 1 and 0 <= validation["val_world_dpg"] <= 100
+    assert validation["val_world_distance"] > 0
+    assert not (run / "report").exists()
