@@ -2,6 +2,8 @@
 
     python scripts/world_ablations.py run table --seeds 0 1 2 --jobs 2       # (a) what each part contributes
     python scripts/world_ablations.py run coldstart --seeds 0 1 2 --jobs 2   # (b) DynaDG / DynaRS over the first steps
+    python scripts/world_ablations.py run long --seeds 0                     # the main job at 5x the steps
+    python scripts/world_ablations.py run knobs --seeds 0 --rows "lr_generator 5e-6" "TTUR 5"   # one knob each
     python scripts/world_ablations.py summarize                              # tables (markdown) + plots
 
 `run` prints each row's command and skips runs whose report already exists, so an interrupted set
@@ -16,6 +18,9 @@ The rows follow the paper's Tables 4 and 5 at this scale:
              distill + DPO, distill + GRPO; the teacher row comes from the runs' reports.
   coldstart: the first 60 generator steps with plain DMD (uniform renoising, no DynaDG), + DynaDG,
              + DynaRS, + both, world metrics every 10 steps.
+  long:      the main job with 600 generator steps instead of 120, world metrics every 50 steps.
+  knobs:     the main job with a 4x smaller generator learning rate, or 5 fake-score updates per
+             generator update (the authors' TTUR) instead of 3; "main job" is the table's distill + ReFL.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -53,13 +59,19 @@ COLDSTART = {
     "+ DynaRS": _COLD + ["coldstart.dynadg.enabled=false"],
     "+ DynaDG + DynaRS": _COLD,
 }
-SETS = {"table": TABLE, "coldstart": COLDSTART}
-EXTRA = {"table": ["train.validate_every=20"], "coldstart": []}
+# The main job at 5x its generator steps (schedules stretched alike): does the gap close with budget?
+LONG = {"distill + ReFL, 600 steps": ["train.steps=600", "coldstart.steps=300", "coldstart.dynadg.steps=300",
+                                      "coldstart.dynars.steps=300", "rl.start_step=300", "train.validate_every=50"]}
+# The main job with one knob changed: is the late drift of the exact metrics a step-size or a TTUR effect?
+KNOBS = {"main job": [], "lr_generator 5e-6": ["train.lr_generator=5e-6"],
+         "TTUR 5": ["dmd.fake_updates_per_generator_update=5"]}
+SETS = {"table": TABLE, "coldstart": COLDSTART, "long": LONG, "knobs": KNOBS}
+EXTRA = {"table": ["train.validate_every=20"], "coldstart": [], "long": [], "knobs": ["train.validate_every=20"]}
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
 def slug(row: str) -> str:
-    return row.replace(" + ", "-").replace("+ ", "").replace(" ", "-").lower()
+    return re.sub(r"[^a-z0-9]+", "-", row.lower()).strip("-")
 
 
 def run_dir(set_name: str, row: str, seed: int) -> Path:
@@ -98,19 +110,28 @@ def run_one(set_name: str, row: str, seed: int) -> None:
 def run(args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     jobs = [(args.set, row, seed) for row in SETS[args.set] for seed in (args.seeds[:1] if row in SEED_FREE else args.seeds)
-            if not args.rows or row in args.rows]
+            if (not args.rows or row in args.rows) and (args.set, row) not in SAME_RUNS]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: run_one(*job), jobs))
 
 
+SAME_RUNS = {("knobs", "main job"): ("table", "distill + ReFL")}  # rows that reuse another set's runs
+
+
+def run_folders(set_name: str, row: str) -> list[Path]:
+    set_name, row = SAME_RUNS.get((set_name, row), (set_name, row))
+    return sorted(p for p in (OUT / set_name).glob(f"{slug(row)}-seed*") if p.is_dir())
+
+
 def reports(set_name: str, row: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((OUT / set_name).glob(f"{slug(row)}-seed*/report/report.json"))]
+    return [json.loads((f / "report" / "report.json").read_text()) for f in run_folders(set_name, row)
+            if (f / "report" / "report.json").is_file()]
 
 
 def validations(set_name: str, row: str) -> list[dict[int, dict]]:
     """Per seed: {generator step: validation scalars}."""
     out = []
-    for log in sorted((OUT / set_name).glob(f"{slug(row)}-seed*/log.jsonl")):
+    for log in [f / "log.jsonl" for f in run_folders(set_name, row) if (f / "log.jsonl").is_file()]:
         steps = {}
         for line in log.read_text().splitlines():
             record = json.loads(line)
@@ -182,7 +203,7 @@ def plot(set_name: str, key: str, path: Path, title: str) -> None:
 
 
 def summarize(_args) -> None:
-    for set_name, teacher in (("table", True), ("coldstart", False)):
+    for set_name, teacher in (("table", True), ("coldstart", False), ("long", True), ("knobs", False)):
         print(f"\n### {set_name}\n\n{table(set_name, teacher)}")
         for key in ("val_world_geneval", "val_world_distance"):
             plot(set_name, key, PLOTS / f"{set_name}-{key.removeprefix('val_world_')}.png",
