@@ -204,6 +204,9 @@ def plot(set_name: str, key: str, path: Path, title: str) -> None:
 
 def summarize(_args) -> None:
     for set_name, teacher in (("table", True), ("coldstart", False), ("long", True), ("knobs", False)):
+        if not any(reports(set_name, row) for row in SETS[set_name]):
+            print(f"\n### {set_name}: not run")
+            continue
         print(f"\n### {set_name}\n\n{table(set_name, teacher)}")
         for key in ("val_world_geneval", "val_world_distance"):
             plot(set_name, key, PLOTS / f"{set_name}-{key.removeprefix('val_world_')}.png",
