@@ -20,7 +20,7 @@ The rows follow the paper's Tables 4 and 5 at this scale:
              + DynaRS, + both, world metrics every 10 steps.
   long:      the main job with 600 generator steps instead of 120, world metrics every 50 steps.
   knobs:     the main job with a 4x smaller generator learning rate, or 5 fake-score updates per
-             generator update (the authors' TTUR) instead of 3; "main job" is the table's distill + ReFL.
+             generator update (the authors' TTUR) instead of 3; "main job as ablated, TTUR 3 (table (a))" is the table's distill + ReFL.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ COLDSTART = {
 LONG = {"distill + ReFL, 600 steps": ["train.steps=600", "coldstart.steps=300", "coldstart.dynadg.steps=300",
                                       "coldstart.dynars.steps=300", "rl.start_step=300", "train.validate_every=50"]}
 # The main job with one knob changed: is the late drift of the exact metrics a step-size or a TTUR effect?
-KNOBS = {"main job": [], "lr_generator 5e-6": ["train.lr_generator=5e-6"],
+KNOBS = {"main job as ablated, TTUR 3 (table (a))": [], "lr_generator 5e-6": ["train.lr_generator=5e-6"],
          "TTUR 5": ["dmd.fake_updates_per_generator_update=5"]}
 SETS = {"table": TABLE, "coldstart": COLDSTART, "long": LONG, "knobs": KNOBS}
 EXTRA = {"table": ["train.validate_every=20"], "coldstart": [], "long": [], "knobs": ["train.validate_every=20"]}
@@ -115,7 +115,7 @@ def run(args) -> None:
         list(pool.map(lambda job: run_one(*job), jobs))
 
 
-SAME_RUNS = {("knobs", "main job"): ("table", "distill + ReFL")}  # rows that reuse another set's runs
+SAME_RUNS = {("knobs", "main job as ablated, TTUR 3 (table (a))"): ("table", "distill + ReFL")}  # rows that reuse another set's runs
 
 
 def run_folders(set_name: str, row: str) -> list[Path]:
