@@ -20,7 +20,7 @@ The rows follow the paper's Tables 4 and 5 at this scale:
              + DynaRS, + both, world metrics every 10 steps.
   long:      the main job with 600 generator steps instead of 120, world metrics every 50 steps.
   knobs:     the main job with a 4x smaller generator learning rate, or 5 fake-score updates per
-             generator update (the authors' TTUR) instead of 3; "main job as ablated, TTUR 3 (table (a))" is the table's distill + ReFL.
+             generator update (the authors' TTUR) instead of 3; the first row reuses the table's distill + ReFL runs.
 """
 
 from __future__ import annotations
