@@ -193,13 +193,14 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         fake_losses.append(fake_loss.detach())
 
     val_cond = conds[[index_of[p] for p in val_prompts]]
+    world_conds = conds[[index_of[e["prompt"]] for e in world_entries]] if world else None
     val_rewards = rl_branch.rewards if rl_branch is not None else []
 
     def run_validation(k: int, best: float | None) -> float | None:
         """Validation metrics into the log, a grid into samples/, and the best checkpoint by weighted reward."""
         metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
         if world:
-            metrics.update(validation_metrics(ctx, world_entries, conds[[index_of[e["prompt"]] for e in world_entries]]))
+            metrics.update(validation_metrics(ctx, world_entries, world_conds))
         (run.path / "samples").mkdir(exist_ok=True)
         grid_image(images).save(run.path / "samples" / f"validation-{k:06d}.png")
         log.write(k, metrics)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..evaluate.geneval_score import summarize
+from ..evaluate.world_bench import as_uint8, geneval_results
 from ..families import Family
 from ..families.base import Guidance
 from ..sampling import teacher_sample
@@ -46,8 +47,6 @@ def sample_prompts(family: Family, prompts: list[str], steps: int, cfg_scale: fl
 def world_geneval(family: Family, metadata: list[dict], steps: int, cfg_scale: float, seed: int = 0,
                   batch_size: int = 64) -> tuple[dict[str, float], list[dict]]:
     """(per-task and overall scores, one record per image) for GenEval-style `metadata`."""
-    from ..evaluate.world_bench import as_uint8, geneval_results
-
     images = sample_prompts(family, [m["prompt"] for m in metadata], steps, cfg_scale, seed, batch_size)
     records = geneval_results([as_uint8(image) for image in images], metadata)
     return summarize(records), records
