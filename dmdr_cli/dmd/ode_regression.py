@@ -68,7 +68,7 @@ def _lpips(ctx):
     try:
         import lpips
     except ImportError:
-        raise DmdrError("ode_regression.loss is lpips but the lpips package is not installed: pip install lpips "
+        raise DmdrError("ode_regression.loss is lpips but the lpips package is not installed: pip install 'dmdr[lpips]' "
                         "(its VGG weights are fetched on first use), or set ode_regression.loss=mse") from None
     if not hasattr(ctx, "_lpips"):
         ctx._lpips = lpips.LPIPS(net="vgg").to(ctx.device).eval().requires_grad_(False)
