@@ -77,12 +77,26 @@ def dmd_generator_loss(ctx: StepContext, x0_g: torch.Tensor, cond: Cond, rng: St
     return loss, stats
 
 
-def fake_score_step_loss(ctx: StepContext, x0_g: torch.Tensor, cond: Cond, rng: StepRandomness, k: int) -> torch.Tensor:
-    """Denoising loss of the fake score on stopgrad(x0_g), in the family's own parameterisation."""
+def fake_score_step_loss(ctx: StepContext, x0_g: torch.Tensor, cond: Cond, rng: StepRandomness, k: int,
+                         stats: dict | None = None) -> torch.Tensor:
+    """Denoising loss of the fake score on stopgrad(x0_g), in the family's own parameterisation.
+
+    With `stats`, also logs the teacher's loss on the same noisy inputs (one extra no-grad pass): a fake
+    score that tracks the generator's distribution denoises its samples better than the teacher does,
+    so `fake_to_teacher_loss` (same inputs) < 1 says it keeps up, and > 1 that it has fallen behind.
+    """
     x0 = x0_g.detach()
     t = renoise_times(ctx, rng, k, "fake_t")
     noise = rng.randn_like(x0, "fake_renoise")
     x_t = ctx.family.schedule.renoise(x0, t, noise)
+    target = ctx.family.schedule.target(x0, noise, t).float()
+    if stats is not None:  # before the fake pass: a checkpointed backward recomputes with the live adapter
+        with torch.no_grad(), ctx.amp():
+            teacher_loss = fake_score_loss(ctx.family.forward(ctx.nets.as_real(0.0), x_t, t, cond).float(), target)
     with ctx.amp():
         pred = ctx.family.forward(ctx.nets.as_fake(), x_t, t, cond)
-    return fake_score_loss(pred.float(), ctx.family.schedule.target(x0, noise, t).float())
+    loss = fake_score_loss(pred.float(), target)
+    if stats is not None:
+        stats["teacher_loss_on_generator"] = teacher_loss
+        stats["fake_to_teacher_loss"] = loss.detach() / teacher_loss.clamp_min(1e-12)
+    return loss

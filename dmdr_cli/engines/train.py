@@ -167,6 +167,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                                  keep=cfg.train.keep_checkpoints, fault_hook=fault_point)
         dist.barrier()
 
+    def logged(k: int) -> bool:
+        """Whether generator step k (counted from 1) writes a log line."""
+        return k % cfg.train.log_every == 0 or k == total_steps or k == start + 1
+
     def micro_step(k, inner, micro, gen_turn, rl_on, stats, fake_losses):
         """Forward and backward of one micro-batch: generator sample, generator loss on its turn, fake loss."""
         ids, texts, cond = batch(k, inner, micro)
@@ -188,7 +192,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             stats.update(dmd_stats)
             stats["dmd_loss"] = loss_dmd.detach()
             stats["generator_loss"] = loss.detach()
-        fake_loss = inject_nan("fake", fake_score_step_loss(ctx, x0_g, cond, rng, k), k)
+        diagnose = gen_turn and micro == A - 1 and logged(k + 1)  # the teacher's loss too, on logged steps only
+        fake_loss = inject_nan("fake", fake_score_step_loss(ctx, x0_g, cond, rng, k, stats if diagnose else None), k)
         (fake_loss / A).backward()
         fake_losses.append(fake_loss.detach())
 
@@ -246,7 +251,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             stats["fake_loss"] = torch.stack(fake_losses).mean()
             stats["step_time"] = time.perf_counter() - t0
             stats["nonfinite_skipped"] = guard_g.skipped + guard_f.skipped
-            if k % cfg.train.log_every == 0 or k == total_steps or k == start + 1:  # the only host syncs for stats
+            if logged(k):  # the only host syncs for stats
                 stats.update(memory_stats(device))
                 scalars = {n: float(v) for n, v in dist.mean_scalars(stats).items() if _is_scalar(v)}
                 log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
