@@ -175,3 +175,28 @@ def test_loader_accepts_tuple_positions_and_blank_lines(tmp_path):
 def test_loader_missing_file(tmp_path):
     with pytest.raises(DmdrError, match="does not exist"):
         load_geneval_metadata(tmp_path / "nope.jsonl")
+
+
+def test_sample_sets_take_the_english_plurals_only_when_asked():
+    from dmdr_cli.evaluate.sample_sets import geneval_set
+
+    official = geneval_set(world=False, size=64, per_prompt=1)
+    english = geneval_set(world=False, size=64, per_prompt=1, english_plurals=True)
+    assert "a photo of two sheeps" in [r["prompt"] for r in official.records]
+    assert "a photo of two sheep" in [r["prompt"] for r in english.records]
+    assert "NOT the official prompt texts" in english.source and "NOT" not in official.source
+    with pytest.raises(DmdrError, match="shapes-world"):
+        geneval_set(world=True, size=64, per_prompt=1, english_plurals=True)
+
+
+def test_help_names_the_non_official_options():
+    from typer.testing import CliRunner
+
+    from dmdr_cli.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"}).output.split())
+    for flag in ("--geneval-english-plurals", "--dpg-all-rows", "--dpg-lenient-yes"):
+        assert flag in text
+    assert text.count("NON-OFFICIAL") >= 3
+    sample_help = " ".join(CliRunner().invoke(app, ["sample", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "--geneval-english-plurals" in sample_help and "NON-OFFICIAL" in sample_help
