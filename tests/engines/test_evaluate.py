@@ -67,22 +67,25 @@ def test_score_table_of_an_image_folder(teacher_samples, score_weights, tiny_ope
     assert list(metrics) == ["clip", "aesthetic", "pick", "hps"]
     assert report["subject"]["steps"] == 3 and report["subject"]["nfe"] == 6  # read from sample_settings.json
 
-    # HPS by hand: 100 x cosine of the tiny model's embeddings, prompts as given, averaged per prompt first
+    # HPS and CLIP by hand: 100 x cosine of the tiny model's embeddings, prompts as given, averaged per prompt
+    # first; HPS with HPSv2's resize-and-pad, CLIP with open_clip's resize-and-crop (the samples are not square)
+    from dmdr_cli.rewards.hps import HPSReward
     from dmdr_cli.rewards.openclip import OpenClipCosineReward, open_clip_tokenizer
 
-    reward = OpenClipCosineReward.from_modules(tiny_open_clip, open_clip_tokenizer("dmdr-test-tiny-clip"))
-    per_prompt = []
-    for p, prompt in enumerate(PROMPTS):
-        images = torch.stack([torch.from_numpy(np.asarray(Image.open(teacher_samples / f"{p:05d}_{i:02d}.png")).copy())
-                              .permute(2, 0, 1).float() / 255 for i in range(2)])
-        with torch.no_grad():
-            per_prompt.append(reward(images, [prompt, prompt]).mean().item())
-    expected = bootstrap_mean_ci(per_prompt)
+    tokenizer = open_clip_tokenizer("dmdr-test-tiny-clip")
+    for name, reward in (("hps", HPSReward.from_modules(tiny_open_clip, tokenizer)),
+                         ("clip", OpenClipCosineReward.from_modules(tiny_open_clip, tokenizer))):
+        per_prompt = []
+        for p, prompt in enumerate(PROMPTS):
+            images = torch.stack([torch.from_numpy(np.asarray(Image.open(teacher_samples / f"{p:05d}_{i:02d}.png"))
+                                                   .copy()).permute(2, 0, 1).float() / 255 for i in range(2)])
+            with torch.no_grad():
+                per_prompt.append(reward(images, [prompt, prompt]).mean().item())
+        expected = bootstrap_mean_ci(per_prompt)
+        assert metrics[name]["mean"] == pytest.approx(100 * expected.mean, abs=1e-4)
+        assert metrics[name]["ci95"] == pytest.approx([100 * expected.low, 100 * expected.high], abs=1e-4)
     hps = metrics["hps"]
-    assert hps["mean"] == pytest.approx(100 * expected.mean, abs=1e-4)
-    assert hps["ci95"] == pytest.approx([100 * expected.low, 100 * expected.high], abs=1e-4)
     assert (hps["n_prompts"], hps["n_images"], hps["units"]) == (2, 4, "100 x cosine")
-    assert metrics["clip"]["mean"] == pytest.approx(hps["mean"], abs=1e-4)  # the same tiny weights
     for m in metrics.values():
         assert m["ci95"][0] <= m["mean"] <= m["ci95"][1]
     table = (out / "report.md").read_text()
