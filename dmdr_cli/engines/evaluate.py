@@ -46,7 +46,8 @@ class EvaluateOptions:
     color_clip: str | None = None  # CLIP ViT-L/14 weights for GenEval colours
     dpg_csv: Path | None = None
     vqa_model: str | None = None
-    official_compat: bool = False
+    dpg_all_rows: bool = False  # not official: also ask the CSV's first row
+    dpg_lenient_yes: bool = False  # not official: "Yes." counts as "yes"
     world: bool | None = None
     batch: int = 16  # images per scoring batch
     workers: int | None = None  # PNG decoding processes (default: 8 on GPU, 0 on CPU)
@@ -133,6 +134,10 @@ def _check_inputs(subject: Subject, benches: list[str], options: EvaluateOptions
             if value is not None:
                 raise DmdrError(f"{name} belongs to the real benchmarks: a shapes-world model is judged by the world's "
                                 f"exact detector on the world's own prompts; drop {name} (or pass --no-world)")
+        for name, value in (("--dpg-all-rows", options.dpg_all_rows), ("--dpg-lenient-yes", options.dpg_lenient_yes)):
+            if value:
+                raise DmdrError(f"{name} changes DPG-Bench's CSV arithmetic: a shapes-world model's dense prompts are "
+                                f"answered exactly by the world's detector; drop {name} (or pass --no-world)")
     elif "dpg" in benches:
         if options.dpg_csv is None:
             raise DmdrError("--bench dpg needs --dpg-csv PATH: DPG-Bench's dpg_bench.csv (ELLA's repository, "
@@ -200,9 +205,14 @@ def _sample_folders(subject: Subject, benches: list[str], options: EvaluateOptio
     return folders
 
 
+GENEVAL_RESULTS, DPG_ANSWERS = "geneval_results.jsonl", "dpg_answers.jsonl"
+
+
 def _score(bench: str, folder: Path, subject: Subject, judges: Judges, options: EvaluateOptions, dist: Dist,
-           scratch: Path, console: Console) -> dict | None:
-    """One benchmark's section of the report (on the main process; None elsewhere)."""
+           report_dir: Path, console: Console) -> dict | None:
+    """One benchmark's section of the report (on the main process; None elsewhere). GenEval's per-image results
+    (official results.jsonl form) and DPG's per-question answers go next to the report."""
+    scratch = report_dir / ".shards"
     settings = sample_sets.read_settings(folder)
     base = {"samples": str(folder.resolve()), "sampling": settings}
     if bench == "scores":
@@ -229,16 +239,17 @@ def _score(bench: str, folder: Path, subject: Subject, judges: Judges, options: 
     from ..evaluate import benches
 
     if bench == "geneval":
-        result = benches.geneval_folder_scores(folder, judges.detect, judges.colors, dist, scratch)
+        result = benches.geneval_folder_scores(folder, judges.detect, judges.colors, dist, scratch,
+                                               results_file=report_dir / GENEVAL_RESULTS)
         judge = f"{options.detector or 'facebook/mask2former-swin-small-coco-instance'} + CLIP ViT-L/14 colours"
         return None if result is None else {
             **base, "prompt_set": settings.get("prompts", f"metadata.jsonl files of {folder}"), "detector": judge,
             "note": benches.DETECTOR_NOTE, **result}
-    result = benches.dpg_folder_scores(folder, options.dpg_csv, judges.answer, options.official_compat, dist, scratch)
+    result = benches.dpg_folder_scores(folder, options.dpg_csv, judges.answer, dist, scratch,
+                                       all_rows=options.dpg_all_rows, lenient_yes=options.dpg_lenient_yes,
+                                       answers_file=report_dir / DPG_ANSWERS)
     return None if result is None else {
-        **base, "prompt_set": f"DPG-Bench CSV {options.dpg_csv}" + (" (--official-compat: first row skipped)"
-                                                                     if options.official_compat else ""),
-        "vqa": judges.vqa, "note": benches.VQA_NOTE, **result}
+        **base, "prompt_set": f"DPG-Bench CSV {options.dpg_csv}", "vqa": judges.vqa, "note": benches.VQA_NOTE, **result}
 
 
 def run_evaluate(*, model: str | None = None, images: Path | None = None, report_dir: Path | None = None,
@@ -260,8 +271,7 @@ def run_evaluate(*, model: str | None = None, images: Path | None = None, report
     dist = Dist(dist.rank, dist.world_size, torch.device(device))
     judges = _load_judges(subject, benches, options, dist.device, console)
     folders = _sample_folders(subject, benches, options, report_dir, console, dist)
-    scratch = report_dir / ".shards"
-    sections = {bench: _score(bench, folders[bench], subject, judges, options, dist, scratch, console)
+    sections = {bench: _score(bench, folders[bench], subject, judges, options, dist, report_dir, console)
                 for bench in benches}
     if not dist.is_main:
         return None

@@ -45,6 +45,7 @@ class SampleOptions:
     world: bool | None = None  # None: detect from the model
     num_prompts: int | None = None  # the first N prompts of a set (quick runs)
     geneval_metadata: Path | None = None
+    geneval_english_plurals: bool = False  # non-official wording of the generated GenEval prompts
     dpg_csv: Path | None = None
     device: str | None = None
 
@@ -89,7 +90,8 @@ def plan_sample_set(ref: ModelRef, *, bench: str | None, prompts: tuple[list[str
     if bench == "geneval":
         return sample_sets.geneval_set(world=ref.world, size=height, metadata=options.geneval_metadata,
                                        per_prompt=options.per_prompt or SAMPLES_PER_PROMPT,
-                                       num_prompts=options.num_prompts)
+                                       num_prompts=options.num_prompts,
+                                       english_plurals=options.geneval_english_plurals)
     if options.per_prompt not in (None, sample_sets.DPG_TILES):
         raise DmdrError(f"--bench dpg writes a 2x2 grid of {sample_sets.DPG_TILES} images per prompt: drop "
                         f"--per-prompt {options.per_prompt}")

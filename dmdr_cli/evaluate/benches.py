@@ -12,6 +12,7 @@ means are merged weighted by their question counts, so the merged numbers equal 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..errors import DmdrError
 from ..runtime.distributed import Dist
 from .dpg import AnswerFn, evaluate_dpg, grid_image_paths, load_dpg_csv
 from .geneval_folder import read_prompt_folders
-from .geneval_score import score_image, summarize
+from .geneval_score import image_result, summarize, summary_counts, write_results_jsonl
 from .shards import gather_records, share
 
 DETECTOR_NOTE = ("Mask2Former Swin-S (COCO instance) through transformers + CLIP ViT-L/14 colour classifier; "
@@ -29,8 +30,11 @@ DETECTOR_NOTE = ("Mask2Former Swin-S (COCO instance) through transformers + CLIP
 VQA_NOTE = "The official DPG-Bench VQA is mPLUG-large (ModelScope): numbers with another VQA model are not comparable."
 
 
-def geneval_folder_scores(root: Path, detect, color_classifier, dist: Dist, scratch: Path) -> dict | None:
-    """Per-task and overall GenEval of a GenEval-layout folder (on the main process; None elsewhere)."""
+def geneval_folder_scores(root: Path, detect, color_classifier, dist: Dist, scratch: Path,
+                          results_file: Path | None = None) -> dict | None:
+    """Per-task and overall GenEval of a GenEval-layout folder, with the official summary's correct-image and
+    correct-prompt fractions (on the main process; None elsewhere). `results_file`: where the main process
+    writes the per-image records as the official results.jsonl."""
     entries = read_prompt_folders(root)
     samples = []
     for entry in entries:
@@ -42,15 +46,16 @@ def geneval_folder_scores(root: Path, detect, color_classifier, dist: Dist, scra
         with Image.open(path) as raw:  # the official scorer applies EXIF orientation first
             image = ImageOps.exif_transpose(raw).convert("RGB")
         classify = color_classifier.for_image(image) if color_classifier is not None else None
-        correct, reason = score_image(entry.metadata, detect(image), classify)
-        records.append({"index": index, "filename": str(path), "tag": entry.metadata["tag"],
-                        "prompt": entry.metadata["prompt"], "correct": bool(correct), "reason": reason})
+        records.append({"index": index, **image_result(path, entry.metadata, detect(image), classify)})
     merged = gather_records(records, dist, scratch, "geneval")
     if merged is None:
         return None
     merged.sort(key=lambda r: r["index"])  # tasks are reported in order of first appearance
-    return {"scores": summarize(merged), "images": len(merged), "prompts": len(entries),
-            "failures": [{k: r[k] for k in ("filename", "prompt", "reason")} for r in merged if not r["correct"]][:20]}
+    summary = {"scores": summarize(merged), **summary_counts(merged)}
+    if results_file is not None:
+        summary["results"] = str(write_results_jsonl(results_file, merged))
+    failures = [{k: r[k] for k in ("filename", "prompt", "reason")} for r in merged if not r["correct"]]
+    return {**summary, "failures": failures[:20]}
 
 
 def load_vqa(spec: str, device: str | None = None) -> tuple[AnswerFn, str]:
@@ -68,17 +73,32 @@ def _import_answer(target: str) -> AnswerFn:
     return import_target(target, "--vqa-model", signature="(image, question) -> answer")
 
 
-def dpg_folder_scores(root: Path, csv: Path, answer: AnswerFn, official_compat: bool, dist: Dist,
-                      scratch: Path) -> dict | None:
-    """DPG-Bench overall and per category of a folder of <item_id>.png grids (main process; None elsewhere)."""
-    items = load_dpg_csv(csv, official_compat=official_compat)
+OFFICIAL_DPG = "official (compute_dpg_bench.py: first CSV row skipped, exact \"yes\")"
+
+
+def dpg_arithmetic(all_rows: bool, lenient_yes: bool) -> str:
+    """Which arithmetic a DPG-Bench number used, in words for the report."""
+    if not (all_rows or lenient_yes):
+        return OFFICIAL_DPG
+    changes = [text for flag, text in ((all_rows, "every CSV row asked (--dpg-all-rows)"),
+                                       (lenient_yes, "lenient \"Yes.\" matching (--dpg-lenient-yes)")) if flag]
+    return f"NOT official: {', '.join(changes)}; not comparable with published DPG-Bench numbers"
+
+
+def dpg_folder_scores(root: Path, csv: Path, answer: AnswerFn, dist: Dist, scratch: Path, *, all_rows: bool = False,
+                      lenient_yes: bool = False, answers_file: Path | None = None) -> dict | None:
+    """DPG-Bench overall and per category of a folder of <item_id>.png grids (main process; None elsewhere),
+    by the official arithmetic unless `all_rows` / `lenient_yes` (dpg.py). `answers_file`: where the main
+    process writes every question's answer per tile (JSON lines)."""
+    items = load_dpg_csv(csv, all_rows=all_rows)
     paths = grid_image_paths(root, items)
     mine = share(items, dist)
-    part = {"per_item": {}, "dropped": [], "categories": {}, "subcategories": {}}
+    part = {"per_item": {}, "dropped": [], "categories": {}, "subcategories": {}, "answers": []}
     if mine:
-        report = evaluate_dpg(mine, {item.item_id: paths[item.item_id] for item in mine}, answer)
+        report = evaluate_dpg(mine, {item.item_id: paths[item.item_id] for item in mine}, answer,
+                              lenient_yes=lenient_yes)
         scored = [item for item in mine if item.item_id in report.per_item]
-        part = {"per_item": report.per_item, "dropped": report.dropped,
+        part = {"per_item": report.per_item, "dropped": report.dropped, "answers": report.answers,
                 "categories": _weighted(report.categories, scored, lambda q: q.broad_category),
                 "subcategories": _weighted(report.subcategories, scored, lambda q: q.category)}
     parts = gather_records([part], dist, scratch, "dpg")
@@ -87,10 +107,18 @@ def dpg_folder_scores(root: Path, csv: Path, answer: AnswerFn, official_compat: 
     per_item = {k: v for p in parts for k, v in p["per_item"].items()}
     if not per_item:
         raise DmdrError("DPG-Bench: no prompt could be scored")
-    return {"scores": {"overall": 100 * float(np.mean(list(per_item.values()))),
-                       **_merge_means([p["categories"] for p in parts])},
-            "subcategories": _merge_means([p["subcategories"] for p in parts]), "prompts": len(per_item),
-            "dropped": sorted(d for p in parts for d in p["dropped"]), "official_compat": official_compat}
+    section = {"scores": {"overall": 100 * float(np.mean(list(per_item.values()))),
+                          **_merge_means([p["categories"] for p in parts])},
+               "subcategories": _merge_means([p["subcategories"] for p in parts]), "prompts": len(per_item),
+               "dropped": sorted(d for p in parts for d in p["dropped"]),
+               "arithmetic": dpg_arithmetic(all_rows, lenient_yes), "all_rows": all_rows, "lenient_yes": lenient_yes}
+    if answers_file is not None:
+        order = {item.item_id: k for k, item in enumerate(items)}
+        answers = sorted((a for p in parts for a in p["answers"]), key=lambda a: (order[a["item_id"]], a["tile"]))
+        answers_file.parent.mkdir(parents=True, exist_ok=True)
+        answers_file.write_text("".join(json.dumps(a) + "\n" for a in answers), encoding="utf-8")
+        section["answers"] = str(answers_file)
+    return section
 
 
 def _weighted(means: dict[str, float], items, category_of) -> dict[str, list[float]]:

@@ -6,13 +6,15 @@ an answer scores 1 only when it is "yes"; in CSV order, a question whose parent 
 is set to 0; tile score = mean over questions, image score = mean over tiles, DPG-Bench = 100 x mean
 over prompts. Categories pool the unmasked answers of each image's last tile, per question.
 
-The official script skips the first CSV row (`if i == 0: continue` after the header), so that
-proposition is never asked, and a prompt whose question then depends on it raises inside the
-script's per-image `try` and drops out of every mean. `official_compat=True` reproduces both.
-
-Answers are normalised before the comparison: surrounding whitespace stripped, lower-cased, one
-trailing period dropped ("Yes." counts; "yes, there is" does not). mPLUG, the official VQA model,
-answers a bare lower-case "yes"/"no", for which this is the identity.
+The defaults are the official arithmetic, so that a number is comparable with the papers' tables:
+- the official script skips the first CSV row (`if i == 0: continue` in `prepare_dpg_data`), so that
+  proposition is never asked, and a prompt whose question then depends on it raises a KeyError inside
+  the script's per-image `try` and drops out of every mean (the published overall is on 1,064 of the
+  1,065 prompts). `all_rows=True` asks every row: corrected, NOT official.
+- an answer scores 1 only when it is exactly "yes" (`answer == 'yes'`). mPLUG, the official VQA model,
+  answers a bare lower-case "yes"/"no". `lenient_yes=True` (NOT official) also counts answers that are
+  "yes" once surrounding whitespace, case and one trailing period are ignored ("Yes.", " YES "), which
+  chat-style VQA models tend to write; "yes, there is" still does not count.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class DpgItem:
 
 
 class MissingParentError(Exception):
-    """A question depends on a proposition that is not in the item (only possible in official_compat)."""
+    """A question depends on a proposition that is not in the item (only the skipped first row can be)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -71,8 +73,9 @@ def _parse_int(value: str, column: str, where: str) -> int:
         raise DmdrError(f"DPG-Bench CSV {where}: {column} {value!r} is not an integer") from None
 
 
-def load_dpg_csv(path: str | Path, official_compat: bool = False) -> list[DpgItem]:
-    """Items in CSV order, questions in CSV order; DmdrError naming the line for anything malformed."""
+def load_dpg_csv(path: str | Path, all_rows: bool = False) -> list[DpgItem]:
+    """Items in CSV order, questions in CSV order; DmdrError naming the line for anything malformed.
+    The first question row is left out, as the official script leaves it out, unless `all_rows`."""
     p = Path(path)
     if not p.is_file():
         raise DmdrError(f"DPG-Bench CSV {str(p)!r} does not exist: it is not shipped with dmdr; get dpg_bench.csv "
@@ -89,7 +92,7 @@ def load_dpg_csv(path: str | Path, official_compat: bool = False) -> list[DpgIte
     except csv.Error as e:
         raise DmdrError(f"DPG-Bench CSV {str(p)!r} does not parse as CSV ({e})") from None
     skipped = None
-    if official_compat and rows:
+    if not all_rows and rows:
         line, row = rows.pop(0)
         pid = _parse_int(row["proposition_id"], "proposition_id", f"{p} line {line}")
         skipped = (row["item_id"].strip(), pid)
@@ -156,8 +159,11 @@ def split_grid(image: Image.Image, rows: int = 2, cols: int = 2) -> list[Image.I
 # ---------------------------------------------------------------------------------------------------
 # Scoring.
 
-def is_yes(answer: str) -> bool:
-    """The official test is `answer == "yes"`; see the module docstring for the normalisation added."""
+def is_yes(answer: str, lenient: bool = False) -> bool:
+    """The official test, `answer == "yes"`; `lenient` (not official) first strips whitespace, lower-cases
+    and drops one trailing period."""
+    if not lenient:
+        return answer == "yes"
     text = answer.strip().lower()
     return (text[:-1] if text.endswith(".") else text) == "yes"
 
@@ -181,12 +187,14 @@ class TileScore:
     raw: dict[int, float]  # 1.0 for "yes", per proposition id
     masked: dict[int, float]
     score: float
+    answers: dict[int, str] = field(default_factory=dict)  # the VQA's text, per proposition id
 
 
-def score_tile(item: DpgItem, tile: Image.Image, answer: AnswerFn) -> TileScore:
-    raw = {q.proposition_id: float(is_yes(answer(tile, q.question))) for q in item.questions}
+def score_tile(item: DpgItem, tile: Image.Image, answer: AnswerFn, lenient_yes: bool = False) -> TileScore:
+    answers = {q.proposition_id: answer(tile, q.question) for q in item.questions}
+    raw = {pid: float(is_yes(text, lenient_yes)) for pid, text in answers.items()}
     masked = mask_dependencies(item, raw)
-    return TileScore(raw, masked, sum(masked.values()) / len(masked))
+    return TileScore(raw, masked, sum(masked.values()) / len(masked), answers)
 
 
 @dataclass(frozen=True)
@@ -195,8 +203,9 @@ class ImageScore:
     tiles: tuple[TileScore, ...]
 
 
-def score_image(item: DpgItem, grid: Image.Image, answer: AnswerFn, rows: int = 2, cols: int = 2) -> ImageScore:
-    tiles = tuple(score_tile(item, tile, answer) for tile in split_grid(grid, rows, cols))
+def score_image(item: DpgItem, grid: Image.Image, answer: AnswerFn, rows: int = 2, cols: int = 2,
+                lenient_yes: bool = False) -> ImageScore:
+    tiles = tuple(score_tile(item, tile, answer, lenient_yes) for tile in split_grid(grid, rows, cols))
     return ImageScore(float(np.mean([t.score for t in tiles])), tiles)
 
 
@@ -206,7 +215,8 @@ class DpgReport:
     per_item: dict[str, float]  # image score, 0..1
     categories: dict[str, float]  # broad category -> 100 x mean unmasked last-tile answer
     subcategories: dict[str, float]  # detailed category -> same
-    dropped: list[str] = field(default_factory=list)  # official_compat: prompts the official script loses
+    dropped: list[str] = field(default_factory=list)  # prompts the official script loses (first row skipped)
+    answers: list[dict] = field(default_factory=list)  # one per question and tile of the scored prompts
 
     @property
     def n_prompts(self) -> int:
@@ -214,20 +224,22 @@ class DpgReport:
 
 
 def evaluate_dpg(items: Sequence[DpgItem], images: Mapping[str, Image.Image | str | Path], answer: AnswerFn,
-                 rows: int = 2, cols: int = 2) -> DpgReport:
+                 rows: int = 2, cols: int = 2, lenient_yes: bool = False) -> DpgReport:
     """Score every item's grid image (`images[item_id]`, an image or a path)."""
     per_item: dict[str, float] = {}
     broad: dict[str, list[float]] = {}
     detailed: dict[str, list[float]] = {}
     dropped: list[str] = []
+    answers: list[dict] = []
     for item in items:
         grid = _open(images[item.item_id])
         try:
-            result = score_image(item, grid, answer, rows, cols)
+            result = score_image(item, grid, answer, rows, cols, lenient_yes)
         except MissingParentError:
             dropped.append(item.item_id)
             continue
         per_item[item.item_id] = result.score
+        answers += _answer_records(item, result)
         last = result.tiles[-1].raw
         for q in item.questions:
             broad.setdefault(q.broad_category, []).append(last[q.proposition_id])
@@ -240,7 +252,16 @@ def evaluate_dpg(items: Sequence[DpgItem], images: Mapping[str, Image.Image | st
         categories={c: 100 * float(np.mean(v)) for c, v in broad.items()},
         subcategories={c: 100 * float(np.mean(v)) for c, v in sorted(detailed.items())},
         dropped=dropped,
+        answers=answers,
     )
+
+
+def _answer_records(item: DpgItem, result: ImageScore) -> list[dict]:
+    """The per-question answers of one prompt (tile 0 = top left, row-major), as dpg_answers.jsonl holds them."""
+    return [{"item_id": item.item_id, "tile": k, "proposition_id": q.proposition_id, "question": q.question,
+             "answer": tile.answers[q.proposition_id], "yes": tile.raw[q.proposition_id],
+             "masked": tile.masked[q.proposition_id]}
+            for k, tile in enumerate(result.tiles) for q in item.questions]
 
 
 def _open(image: Image.Image | str | Path) -> Image.Image:

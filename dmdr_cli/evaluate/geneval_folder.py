@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from ..errors import DmdrError
 from .geneval_prompts import GENEVAL_VOCABULARY, Vocabulary, validate_metadata
-from .geneval_score import ColorClassifier, Detection, score_image
+from .geneval_score import ColorClassifier, Detection, image_result
 
 Detector = Callable[[Image.Image], list[Detection]]
 # Given the image being scored, a colour classifier for its detections (e.g. ClipColorClassifier.for_image).
@@ -91,7 +91,7 @@ def read_prompt_folders(root: str | Path, vocabulary: Vocabulary = GENEVAL_VOCAB
 
 def evaluate_folder(root: str | Path, detect: Detector, color_classifier: ColorClassifierFactory | None = None,
                     vocabulary: Vocabulary = GENEVAL_VOCABULARY) -> list[dict]:
-    """Score every sample: one {"filename", "tag", "prompt", "correct", "reason"} record per image, ready
+    """Score every sample: one record per image in the official results.jsonl form (`image_result`), ready
     for `geneval_score.summarize`. A prompt folder without samples is an error, not a silent skip."""
     results = []
     for entry in read_prompt_folders(root, vocabulary):
@@ -103,7 +103,5 @@ def evaluate_folder(root: str | Path, detect: Detector, color_classifier: ColorC
             with Image.open(path) as raw:
                 image = ImageOps.exif_transpose(raw).convert("RGB")
             classify = color_classifier(image) if color_classifier is not None else None
-            correct, reason = score_image(entry.metadata, detect(image), classify)
-            results.append({"filename": str(path), "tag": entry.metadata["tag"], "prompt": entry.metadata["prompt"],
-                            "correct": correct, "reason": reason})
+            results.append(image_result(path, entry.metadata, detect(image), classify))
     return results

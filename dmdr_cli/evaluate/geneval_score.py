@@ -2,7 +2,8 @@
 
 Rules from GenEval (Ghosh et al. 2023, MIT; `evaluation/evaluate_images.py` and `summary_scores.py`),
 with the official defaults: score threshold 0.3 (0.9 for counting prompts), at most 16 detections per
-class, no extra NMS, position margin 0.1.
+class, no extra NMS, position margin 0.1. Per-image records take the form of the official
+`results.jsonl` (see `image_result`), so the official `summary_scores.py` reads them as they are.
 
 A detection is a dict:
     {"class": str (a GenEval class name), "score": float, "box": (x0, y0, x1, y1) in pixels,
@@ -11,11 +12,13 @@ A detection is a dict:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from .geneval_prompts import COLORS
+from .geneval_prompts import CLASSES, COLORS
 
 Detection = dict
 # Colours of the given detections (all of class `classname`), one per detection, in order.
@@ -122,8 +125,8 @@ def _check_position(found: list[Detection], targets: list[Detection] | None, cls
         for target in targets:
             actual = relative_position(det["box"], target["box"])
             if relation not in actual:
-                found = " and ".join(sorted(actual)) or "no relation"
-                return False, f"expected {cls} {relation} target, found {found} target"
+                # The official wording, also when nothing relates: "found  target" (two spaces).
+                return False, f"expected {cls} {relation} target, found {' and '.join(sorted(actual))} target"
     return True, ""
 
 
@@ -138,3 +141,44 @@ def summarize(results: Iterable[Mapping]) -> dict[str, float]:
     scores = {tag: float(np.mean(flags)) for tag, flags in per_task.items()}
     scores["overall"] = float(np.mean(list(scores.values())))
     return scores
+
+
+def summary_counts(results: Iterable[Mapping]) -> dict[str, float | int]:
+    """The lines above the task breakdown of GenEval's `summary_scores.py`: images, prompts (distinct
+    `metadata` strings, which the official script groups by), the fraction of correct images (over all
+    images, not averaged per task) and of correct prompts: prompts with AT LEAST ONE correct image
+    (`groupby('metadata')['correct'].any()` there), not prompts whose images are all correct."""
+    any_correct: dict[str, bool] = {}
+    flags = []
+    for r in results:
+        flags.append(bool(r["correct"]))
+        any_correct[r["metadata"]] = any_correct.get(r["metadata"], False) or bool(r["correct"])
+    if not flags:
+        raise ValueError("no GenEval results to summarize")
+    return {"images": len(flags), "prompts": len(any_correct), "correct_images": float(np.mean(flags)),
+            "correct_prompts": float(np.mean(list(any_correct.values())))}
+
+
+def image_result(filename: str | Path, metadata: Mapping, detections: Iterable[Detection],
+                 classify_color: ColorClassifier | None = None,
+                 counting_threshold: float = COUNTING_SCORE_THRESHOLD) -> dict:
+    """One line of the official `results.jsonl` (`evaluate_images.py`): filename, tag, prompt, correct,
+    reason, metadata (the prompt's metadata as a JSON string) and details (a JSON string of
+    {class: [[x0, y0, x1, y1, score], ...]}: the detections kept, best first, classes in COCO order)."""
+    detections = list(detections)
+    correct, reason = score_image(metadata, detections, classify_color, counting_threshold)
+    kept = kept_detections(detections, metadata["tag"], counting_threshold)
+    order = sorted(kept, key=lambda c: (CLASSES.index(c) if c in CLASSES else len(CLASSES), c))
+    details = {c: [[*map(float, d["box"][:4]), float(d["score"])] for d in kept[c]] for c in order}
+    return {"filename": str(filename), "tag": metadata["tag"], "prompt": metadata["prompt"], "correct": bool(correct),
+            "reason": reason, "metadata": json.dumps(metadata), "details": json.dumps(details)}
+
+
+RESULT_KEYS = ("filename", "tag", "prompt", "correct", "reason", "metadata", "details")
+
+
+def write_results_jsonl(path: Path, results: Iterable[Mapping]) -> Path:
+    """The per-image records as the official `results.jsonl` (one JSON object per line, official keys only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({k: r[k] for k in RESULT_KEYS}) + "\n" for r in results), encoding="utf-8")
+    return path

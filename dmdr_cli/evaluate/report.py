@@ -6,8 +6,10 @@ A report dict looks like
 
     {"subject": {"label", "model", "images", "kind", "steps", "nfe", "cfg", "world"},
      "benches": {"scores": {"samples", "prompts", "metrics": {name: {"mean", "ci95", "column", ...}}},
-                 "geneval": {"samples", "prompt_set", "detector", "scores": {task: accuracy, "overall"}},
-                 "dpg": {"samples", "prompt_set", "vqa", "scores": {"overall", category: 0-100}},
+                 "geneval": {"samples", "prompt_set", "detector", "scores": {task: accuracy, "overall"},
+                             "correct_images", "correct_prompts", "results"},
+                 "dpg": {"samples", "prompt_set", "vqa", "arithmetic", "scores": {"overall", category: 0-100},
+                         "answers"},
                  "world-distance": {"samples", "distance", "drift", ...}}}
 """
 
@@ -40,6 +42,8 @@ def headline(report: dict) -> dict[str, float | int | None]:
         row[m["column"]] = m["mean"]
     if "geneval" in benches:
         row[f"{world}GenEval"] = benches["geneval"]["scores"]["overall"]
+        if "correct_prompts" in benches["geneval"]:  # GenEval's second headline figure
+            row["GenEval correct prompts"] = benches["geneval"]["correct_prompts"]
     if "dpg" in benches:
         row[f"{world}DPG"] = benches["dpg"]["scores"]["overall"]
     if "world-distance" in benches:
@@ -108,6 +112,7 @@ def _markdown(report: dict, chart: bool, grids: list[str]) -> str:
                 lines += [f"Judge: {judge}."]
             if b.get("note"):
                 lines += [b["note"]]
+            lines += _bench_details(b)
             lines += [""]
             lines += _table(["task" if name == "geneval" else "category", "score"],
                             [[k, v] for k, v in b["scores"].items()])
@@ -125,6 +130,24 @@ def _markdown(report: dict, chart: bool, grids: list[str]) -> str:
     for bench in grids:
         lines += [f"![{bench} samples](grid_{bench}.png)", ""]
     return "\n".join(lines) + "\n"
+
+
+def _bench_details(b: dict) -> list[str]:
+    """GenEval's summary lines and DPG's arithmetic, and where the per-image / per-question files are."""
+    lines = []
+    if "correct_prompts" in b:
+        lines += [f"Correct images: {100 * b['correct_images']:.2f}% of {b['images']}; correct prompts (at least one "
+                  f"correct image, as GenEval's summary_scores.py counts them): {100 * b['correct_prompts']:.2f}% of "
+                  f"{b['prompts']}."]
+    if b.get("arithmetic"):
+        lines += [f"Arithmetic: {b['arithmetic']}; {b['prompts']} prompts scored"
+                  + (f", {len(b['dropped'])} dropped as the official script drops them" if b.get("dropped") else "")
+                  + "."]
+    for key, what in (("results", "Per-image results (the official results.jsonl form)"),
+                      ("answers", "Per-question answers")):
+        if b.get(key):
+            lines += [f"{what}: `{Path(b[key]).name}`."]
+    return lines
 
 
 def _write_json(path: Path, data: dict) -> Path:

@@ -128,14 +128,17 @@ def prompt_set(prompts: list[str], source: str, per_prompt: int, num_prompts: in
 
 
 def geneval_set(*, world: bool, size: int, per_prompt: int, metadata: str | Path | None = None,
-                num_prompts: int | None = None) -> GenEvalSet:
+                num_prompts: int | None = None, english_plurals: bool = False) -> GenEvalSet:
     if world:
         if metadata is not None:
             raise DmdrError("--geneval-metadata is GenEval's official file of COCO prompts: a shapes-world model is "
                             "evaluated on the world's own prompts; drop --geneval-metadata (or --world)")
+        if english_plurals:
+            raise DmdrError("--geneval-english-plurals rewords GenEval's COCO prompts: a shapes-world model is "
+                            "evaluated on the world's own prompts; drop it (or --world)")
         records, source = world_bench.world_geneval_metadata(size, num_prompts)
     else:
-        records, source = geneval_prompt_set(metadata)
+        records, source = geneval_prompt_set(metadata, plural_style="english" if english_plurals else "official")
         source = _described(source, records, num_prompts)
         records = _first(records, num_prompts)
     return GenEvalSet(records, per_prompt, source, world)
@@ -151,7 +154,7 @@ def dpg_set(*, world: bool, size: int, csv: str | Path | None = None, num_prompt
     if csv is None:
         raise DmdrError("--bench dpg needs DPG-Bench's prompts: pass --dpg-csv PATH (dpg_bench.csv from ELLA's "
                         "repository, dpg_bench/dpg_bench.csv; it is not shipped with dmdr)")
-    every = load_dpg_csv(csv)
+    every = load_dpg_csv(csv, all_rows=True)  # every prompt gets a grid, whatever the scoring then skips
     items, source = _first(every, num_prompts), _described(f"DPG-Bench CSV {csv}", every, num_prompts)
     return DpgSet([i.item_id for i in items], [i.prompt for i in items], source, None)
 

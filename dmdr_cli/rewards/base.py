@@ -35,6 +35,7 @@ class Reward(torch.nn.Module, ABC):
     image_std: tuple[float, ...] = OPENAI_CLIP_STD
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
+    crop_offset: str = "round"  # "floor" for rewards whose reference is a transformers processor
     source: str = "in-memory model"  # where the weights came from, for messages and reports
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -53,7 +54,7 @@ class Reward(torch.nn.Module, ABC):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> normalised model input in the model's dtype (resizing itself runs in fp32)."""
         pixels = clip_preprocess(images.float(), self.input_size, self.image_mean, self.image_std,
-                                 self.resize_mode, self.interpolation)
+                                 self.resize_mode, self.interpolation, self.crop_offset)
         return pixels.to(self.dtype)
 
     def describe(self) -> str:

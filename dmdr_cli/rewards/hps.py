@@ -4,12 +4,20 @@ preferences. Score = cosine of the normalised image and text embeddings (tables 
 The checkpoint is a pickle whose weights sit under "state_dict"; open_clip 3.3's `ViT-H-14` has the same
 686 keys and tokenizer as the model vendored in the `hpsv2` package (EVAL.md), so that package (which
 pins old pytest/protobuf and ships without its BPE vocab) is not needed.
+
+Images are prepared with HPSv2's own transform, not open_clip's default: the longest side resized to
+224 and the rest padded with black (HPSv2's `create_model_and_transforms` builds its validation
+transform with `resize_longest_max=True`), so a portrait 832x1216 image is scored whole, not cropped.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import torch
+
 from ..errors import ModelLoadError
-from .openclip import OpenClipCosineReward, build_open_clip, image_input_of, open_clip_tokenizer
+from .openclip import ImageInput, OpenClipCosineReward, Tokenizer, build_open_clip, image_input_of, open_clip_tokenizer
 from .weights import load_into, load_state_dict, resolve_file
 
 HPS_REPO = "xswu/HPSv2"
@@ -25,6 +33,11 @@ class HPSReward(OpenClipCosineReward):
     default_margin = 0.7
     # The authors' training prompts for HPS: "Realistic photo" + " " + prompt (their --magic-prompt).
     prompt_prefix = "Realistic photo"
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, image_input: ImageInput | None = None,
+                 source: str = "in-memory model"):
+        spec = image_input or image_input_of(model.visual)
+        super().__init__(model, tokenizer, replace(spec, resize_mode="longest"), source)
 
     @classmethod
     def from_pretrained(cls, path: str | None = None, *, version: str = "v2.1", arch: str = HPS_ARCH,

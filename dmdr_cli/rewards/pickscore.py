@@ -4,6 +4,8 @@ Model card usage (huggingface.co/yuvalkirstain/PickScore_v1): transformers `CLIP
 of laion/CLIP-ViT-H-14-laion2B-s32B-b79K (224 px, bicubic, OpenAI mean/std, text padded/truncated to
 77 tokens), score = logit_scale.exp() * cos(image, text). Its logit scale is 100, so scores are about
 100 x cosine: ~21-23 on the paper's models (ALGORITHM.md, "Paper's headline results").
+The processor's centre crop floors its offset (transformers' `center_crop`: top = (H - 224) // 2), which
+this reward's tensor preprocessing matches.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class PickScoreReward(ClipSimilarityReward):
     # score standardised to mean 0, std 1 (github.com/THUDM/ImageReward, train code); past 25 the loss
     # stops pushing, a guard against reward hacking. Use loss: linear for an uncapped push.
     default_margin = 25.0
+    crop_offset = "floor"
 
     def __init__(self, model: torch.nn.Module, tokenizer, source: str = "in-memory model"):
         super().__init__()

@@ -67,22 +67,25 @@ def test_score_table_of_an_image_folder(teacher_samples, score_weights, tiny_ope
     assert list(metrics) == ["clip", "aesthetic", "pick", "hps"]
     assert report["subject"]["steps"] == 3 and report["subject"]["nfe"] == 6  # read from sample_settings.json
 
-    # HPS by hand: 100 x cosine of the tiny model's embeddings, prompts as given, averaged per prompt first
+    # HPS and CLIP by hand: 100 x cosine of the tiny model's embeddings, prompts as given, averaged per prompt
+    # first; HPS with HPSv2's resize-and-pad, CLIP with open_clip's resize-and-crop (the samples are not square)
+    from dmdr_cli.rewards.hps import HPSReward
     from dmdr_cli.rewards.openclip import OpenClipCosineReward, open_clip_tokenizer
 
-    reward = OpenClipCosineReward.from_modules(tiny_open_clip, open_clip_tokenizer("dmdr-test-tiny-clip"))
-    per_prompt = []
-    for p, prompt in enumerate(PROMPTS):
-        images = torch.stack([torch.from_numpy(np.asarray(Image.open(teacher_samples / f"{p:05d}_{i:02d}.png")).copy())
-                              .permute(2, 0, 1).float() / 255 for i in range(2)])
-        with torch.no_grad():
-            per_prompt.append(reward(images, [prompt, prompt]).mean().item())
-    expected = bootstrap_mean_ci(per_prompt)
+    tokenizer = open_clip_tokenizer("dmdr-test-tiny-clip")
+    for name, reward in (("hps", HPSReward.from_modules(tiny_open_clip, tokenizer)),
+                         ("clip", OpenClipCosineReward.from_modules(tiny_open_clip, tokenizer))):
+        per_prompt = []
+        for p, prompt in enumerate(PROMPTS):
+            images = torch.stack([torch.from_numpy(np.asarray(Image.open(teacher_samples / f"{p:05d}_{i:02d}.png"))
+                                                   .copy()).permute(2, 0, 1).float() / 255 for i in range(2)])
+            with torch.no_grad():
+                per_prompt.append(reward(images, [prompt, prompt]).mean().item())
+        expected = bootstrap_mean_ci(per_prompt)
+        assert metrics[name]["mean"] == pytest.approx(100 * expected.mean, abs=1e-4)
+        assert metrics[name]["ci95"] == pytest.approx([100 * expected.low, 100 * expected.high], abs=1e-4)
     hps = metrics["hps"]
-    assert hps["mean"] == pytest.approx(100 * expected.mean, abs=1e-4)
-    assert hps["ci95"] == pytest.approx([100 * expected.low, 100 * expected.high], abs=1e-4)
     assert (hps["n_prompts"], hps["n_images"], hps["units"]) == (2, 4, "100 x cosine")
-    assert metrics["clip"]["mean"] == pytest.approx(hps["mean"], abs=1e-4)  # the same tiny weights
     for m in metrics.values():
         assert m["ci95"][0] <= m["mean"] <= m["ci95"][1]
     table = (out / "report.md").read_text()
@@ -127,18 +130,24 @@ def dpg_folder(tiny_sd, tmp_path):
     return csv, out
 
 
-@pytest.mark.parametrize("official_compat", [False, True])
-def test_dpg_with_a_pluggable_vqa_matches_the_dpg_scorer(dpg_folder, official_compat, tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--dpg-all-rows"], ["--dpg-all-rows", "--dpg-lenient-yes"]])
+def test_dpg_with_a_pluggable_vqa_matches_the_dpg_scorer(dpg_folder, flags, tmp_path):
     csv, images = dpg_folder
     out = tmp_path / "report"
     ok("evaluate", "--images", images, "--bench", "dpg", "--dpg-csv", csv, "--vqa-model",
-       "test_evaluate:yes_if_reddish", "--report", out, *(["--official-compat"] if official_compat else []))
+       "test_evaluate:yes_if_reddish", "--report", out, *flags)
     dpg = report_of(out)["benches"]["dpg"]
-    expected = evaluate_dpg(load_dpg_csv(csv, official_compat), {i: images / f"{i}.png" for i in "ab"}, yes_if_reddish)
+    all_rows, lenient = "--dpg-all-rows" in flags, "--dpg-lenient-yes" in flags
+    expected = evaluate_dpg(load_dpg_csv(csv, all_rows), {i: images / f"{i}.png" for i in "ab"}, yes_if_reddish,
+                            lenient_yes=lenient)
     assert dpg["scores"]["overall"] == pytest.approx(expected.score)
     assert {k: v for k, v in dpg["scores"].items() if k != "overall"} == pytest.approx(expected.categories)
-    assert dpg["dropped"] == expected.dropped and dpg["official_compat"] == official_compat
+    assert dpg["dropped"] == expected.dropped and (dpg["all_rows"], dpg["lenient_yes"]) == (all_rows, lenient)
     assert "test_evaluate:yes_if_reddish" in dpg["vqa"] and "mPLUG" in dpg["note"]
+    markdown = (out / "report.md").read_text()
+    assert dpg["arithmetic"].startswith("official" if not flags else "NOT official") and dpg["arithmetic"] in markdown
+    answers = [json.loads(line) for line in (out / "dpg_answers.jsonl").read_text().splitlines()]
+    assert answers == expected.answers and dpg["answers"] == str(out / "dpg_answers.jsonl")
 
 
 def fake_processes(monkeypatch, world_size: int):
@@ -152,12 +161,14 @@ def test_dpg_split_over_processes_equals_one_process(dpg_folder, monkeypatch, tm
     from dmdr_cli.evaluate.benches import dpg_folder_scores
 
     csv, images = dpg_folder
-    single = dpg_folder_scores(images, csv, yes_if_reddish, False, Dist(0, 1, torch.device("cpu")), tmp_path)
-    merged = [dpg_folder_scores(images, csv, yes_if_reddish, False, d, tmp_path / "s") for d in fake_processes(
-        monkeypatch, 3)]
+    single = dpg_folder_scores(images, csv, yes_if_reddish, Dist(0, 1, torch.device("cpu")), tmp_path,
+                               all_rows=True, answers_file=tmp_path / "one.jsonl")
+    merged = [dpg_folder_scores(images, csv, yes_if_reddish, d, tmp_path / "s", all_rows=True,
+                                answers_file=tmp_path / "split.jsonl") for d in fake_processes(monkeypatch, 3)]
     assert merged[:2] == [None, None]
     assert merged[2]["scores"] == pytest.approx(single["scores"])
     assert merged[2]["subcategories"] == pytest.approx(single["subcategories"])
+    assert (tmp_path / "split.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
 
 
 def test_geneval_detector_path_and_its_split(tiny_sd, tiny_mask2former, tiny_clip, monkeypatch, tmp_path):  # noqa: F811
@@ -173,11 +184,18 @@ def test_geneval_detector_path_and_its_split(tiny_sd, tiny_mask2former, tiny_cli
        "--out", out)
     processor = Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}, size_divisor=32)
     detect = Mask2FormerDetector(tiny_mask2former, processor, min_score=0.0, max_per_image=20, shortest_edge=64)
-    single = geneval_folder_scores(out, detect, tiny_clip, Dist(0, 1, torch.device("cpu")), tmp_path)
+    single = geneval_folder_scores(out, detect, tiny_clip, Dist(0, 1, torch.device("cpu")), tmp_path,
+                                   results_file=tmp_path / "one.jsonl")
     assert (single["images"], single["prompts"]) == (12, 3)
     assert set(single["scores"]) == {"single_object", "overall"}  # the first 3 generated prompts: single objects
-    merged = [geneval_folder_scores(out, detect, tiny_clip, d, tmp_path / "s") for d in fake_processes(monkeypatch, 2)]
+    assert single["correct_images"] == pytest.approx(single["scores"]["overall"])  # one task: the same mean
+    lines = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and set(lines[0]) == {"filename", "tag", "prompt", "correct", "reason", "metadata",
+                                                  "details"}
+    merged = [geneval_folder_scores(out, detect, tiny_clip, d, tmp_path / "s", results_file=tmp_path / "split.jsonl")
+              for d in fake_processes(monkeypatch, 2)]
     assert merged[1]["scores"] == single["scores"] and merged[1]["images"] == 12
+    assert (tmp_path / "split.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
 
 
 def test_compare_teacher_and_student_folders(teacher_samples, student, prompt_file, tmp_path):

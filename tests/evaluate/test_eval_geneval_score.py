@@ -1,6 +1,11 @@
 import pytest
 
-from dmdr_cli.evaluate.geneval_score import kept_detections, relative_position, score_image, summarize
+import json
+import random
+
+from dmdr_cli.evaluate.geneval_score import (
+    image_result, kept_detections, relative_position, score_image, summarize, summary_counts, write_results_jsonl,
+)
 
 
 def det(cls, score=0.95, box=(0, 0, 10, 10), color=None):
@@ -124,7 +129,8 @@ def test_margin_of_a_tenth_of_the_sizes_cancels_close_boxes():
     assert relative_position(at(62, 50, w=60), at(50, 50, w=60)) == set()
     correct, reason = score_image(position("right of"), [det("cup", box=at(50, 50, w=60)),
                                                          det("dog", box=at(62, 50, w=60))])
-    assert not correct and reason == "expected dog right of target, found no relation target"
+    # the official wording when nothing relates: an empty relation list, so two spaces
+    assert not correct and reason == "expected dog right of target, found  target"
 
 
 def test_margin_shrinks_the_offset_before_normalising():
@@ -165,3 +171,58 @@ def test_summary_averages_tasks_not_images():
     assert summarize(results) == {"single_object": 0.5, "counting": 0.75, "overall": 0.625}
     with pytest.raises(ValueError):
         summarize([])
+
+
+def official_summary(path):
+    """GenEval's evaluation/summary_scores.py restated without pandas: read results.jsonl; % correct images =
+    mean of `correct`; prompts = groups of equal `metadata` strings, a prompt correct when ANY of its images
+    is (`groupby('metadata')['correct'].any()`); task scores by `tag` in order of appearance
+    (`groupby('tag', sort=False)`), overall = their mean."""
+    df = [json.loads(line) for line in path.read_text().splitlines()]
+    by_prompt, by_tag = {}, {}
+    for r in df:
+        by_prompt[r["metadata"]] = by_prompt.get(r["metadata"], False) or r["correct"]
+        by_tag.setdefault(r["tag"], []).append(r["correct"])
+    tasks = {tag: sum(v) / len(v) for tag, v in by_tag.items()}
+    return {"images": len(df), "prompts": len(by_prompt), "correct_images": sum(r["correct"] for r in df) / len(df),
+            "correct_prompts": sum(by_prompt.values()) / len(by_prompt),
+            "tasks": tasks, "overall": sum(tasks.values()) / len(tasks)}
+
+
+def test_results_jsonl_feeds_the_official_summary(tmp_path):
+    rng = random.Random(0)
+    metas = [SINGLE, THREE_CATS, RED_CAR, dict(SINGLE, prompt="a photo of a dog, again")]
+    results = []
+    for k, meta in enumerate(metas):
+        for i in range(4):
+            n = rng.randint(0, 4)
+            dets = [det(meta["include"][0]["class"], rng.choice([0.5, 0.95]), color=rng.choice(["red", "blue"]))
+                    for _ in range(n)]
+            results.append(image_result(f"{k:05d}/samples/{i:04d}.png", meta, dets))
+    path = write_results_jsonl(tmp_path / "results.jsonl", results)
+    official = official_summary(path)
+    ours = summary_counts(results)
+    assert ours == pytest.approx({k: official[k] for k in ("images", "prompts", "correct_images", "correct_prompts")})
+    scores = summarize(results)
+    assert scores["overall"] == pytest.approx(official["overall"])
+    assert {k: v for k, v in scores.items() if k != "overall"} == pytest.approx(official["tasks"])
+    assert ours["prompts"] == 4  # the two dog prompts differ in text, so in metadata
+
+
+def test_correct_prompts_count_a_prompt_with_any_correct_image():
+    meta = json.dumps(SINGLE)
+    results = [{"metadata": meta, "correct": c} for c in (False, False, True, False)]
+    results += [{"metadata": json.dumps(RED_CAR), "correct": False}] * 4
+    assert summary_counts(results) == {"images": 8, "prompts": 2, "correct_images": 0.125, "correct_prompts": 0.5}
+
+
+def test_image_result_has_the_official_fields():
+    dets = [det("car", 0.5, box=(1, 2, 3, 4), color="red"), det("dog", 0.2), det("car", 0.9, box=(5, 6, 7, 8)),
+            det("person", 0.8, box=(0, 0, 1, 1))]
+    record = image_result("00000/samples/0000.png", RED_CAR, dets, lambda found, cls: ["blue"] * len(found))
+    assert list(record) == ["filename", "tag", "prompt", "correct", "reason", "metadata", "details"]
+    assert record["correct"] is False and record["reason"] == "expected red car>=1, found 0 red; and 1 blue"
+    assert json.loads(record["metadata"]) == RED_CAR
+    # kept detections (score > 0.3), best first, classes in COCO order, boxes as [x0, y0, x1, y1, score]
+    assert record["details"] == json.dumps({"person": [[0.0, 0.0, 1.0, 1.0, 0.8]],
+                                            "car": [[5.0, 6.0, 7.0, 8.0, 0.9], [1.0, 2.0, 3.0, 4.0, 0.5]]})

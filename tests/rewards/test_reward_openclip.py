@@ -46,7 +46,8 @@ def test_score_is_the_cosine_of_the_model_embeddings(hps_reward, tiny_open_clip,
     from dmdr_cli.rewards.preprocess import clip_preprocess
 
     with torch.no_grad():
-        image_features = tiny_open_clip.encode_image(clip_preprocess(images, size=32), normalize=True)
+        pixels = clip_preprocess(images, size=32, resize_mode="longest")  # HPSv2's resize-and-pad
+        image_features = tiny_open_clip.encode_image(pixels, normalize=True)
         text_features = tiny_open_clip.encode_text(hps_reward.tokenizer(prompts), normalize=True)
         expected = (image_features * text_features).sum(-1)
     torch.testing.assert_close(hps_reward(images, prompts).detach(), expected)

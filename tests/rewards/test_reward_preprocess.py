@@ -65,3 +65,63 @@ def test_square_input_at_size_is_only_normalised():
     mean = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(clip_preprocess(images), (images - mean) / std)
+
+
+# --- the official geometries on non-square images ----------------------------------------------------
+
+def hps_reference(image: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """HPSv2's validation transform restated (tgxs002/HPSv2, hpsv2/src/open_clip/transform.py and
+    factory.py): ToTensor, then ResizeMaxSize(size, fill=0) on that tensor, then Normalize."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    height, width = image.shape[-2:]
+    scale = size / float(max(height, width))
+    new_size = [round(height * scale), round(width * scale)]
+    out = TF.resize(image, new_size, InterpolationMode.BICUBIC)
+    pad_h, pad_w = size - new_size[0], size - new_size[1]
+    out = TF.pad(out, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
+    return TF.normalize(out, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+
+
+# SDXL portrait and landscape, an odd pad, and 448x301 where Python's round (150.5 -> 150) matters.
+@pytest.mark.parametrize("height,width", [(1216, 832), (832, 1216), (300, 500), (448, 301)])
+def test_longest_mode_is_hpsv2s_resize_and_pad(height, width):
+    image = smooth_random_uint8(height, width, seed=height * width).float() / 255
+    ours = clip_preprocess(image, resize_mode="longest")
+    torch.testing.assert_close(ours, hps_reference(image), atol=1e-5, rtol=0)
+    # the whole picture is kept: the padding is black, i.e. -mean/std after normalisation
+    black = (-torch.tensor(OPENAI_CLIP_MEAN) / torch.tensor(OPENAI_CLIP_STD)).view(3, 1)
+    edge = ours[0, :, :, 0] if height > width else ours[0, :, 0, :]
+    torch.testing.assert_close(edge, black.expand_as(edge))
+
+
+def test_hps_reward_uses_the_hpsv2_transform(tiny_open_clip, tiny_open_clip_arch):
+    from dmdr_cli.rewards.hps import HPSReward
+    from dmdr_cli.rewards.openclip import open_clip_tokenizer
+
+    reward = HPSReward.from_modules(tiny_open_clip, open_clip_tokenizer(tiny_open_clip_arch))
+    image = torch.rand(1, 3, 76, 52)
+    torch.testing.assert_close(reward.preprocess(image), hps_reference(image, size=32), atol=1e-5, rtol=0)
+
+
+# Short side already 32: no resampling, so the crop alone decides and the match is exact.
+@pytest.mark.parametrize("height,width", [(35, 32), (32, 35), (32, 45), (39, 32)])
+def test_pickscore_matches_the_transformers_clip_processors_crop(height, width, tiny_hf_clip, tiny_clip_tokenizer):
+    """transformers floors the crop offset; torchvision's rounding would shift the crop by one pixel
+    whenever the overhang is 3, 7, 11, ... pixels (35 - 32 = 3: floor 1, round 2)."""
+    from transformers.models.clip.image_processing_clip import CLIPImageProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from PIL import Image
+
+    from dmdr_cli.rewards.pickscore import PickScoreReward
+
+    reward = PickScoreReward.from_modules(tiny_hf_clip, tiny_clip_tokenizer)
+    g = torch.Generator().manual_seed(height * width)
+    image_u8 = torch.randint(0, 256, (1, 3, height, width), generator=g, dtype=torch.uint8)
+    ours = reward.preprocess(image_u8.float() / 255)
+    settings = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pil = Image.fromarray(image_u8[0].permute(1, 2, 0).numpy())
+    for processor in (CLIPImageProcessorPil(**settings), CLIPImageProcessor(**settings)):
+        reference = torch.as_tensor(processor(pil, return_tensors="np")["pixel_values"])
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
