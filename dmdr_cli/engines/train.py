@@ -87,12 +87,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     rl_branch = build_rl_branch(cfg, device, stage)  # rewards load (and fail) before the teacher
     family = load_family(cfg.model, device=device, dtype=frozen_dtype(cfg.model.dtype, device),
                          uncond_mode=cfg.guidance.uncond)
-    from ..world.report import eval_entries, is_world_model, validation_metrics, world_report
+    from ..world.report import eval_entries, is_world_model, validation_entries, validation_metrics, world_report
 
     world = is_world_model(cfg)  # validation adds the exact world metrics
     world_run = stage == "distill" and world  # ends with the teacher-vs-student world table
-    world_entries = eval_entries(cfg.model.resolution) if world else []
-    report_prompts = [e["prompt"] for e in world_entries]
+    world_entries = validation_entries(cfg.model.resolution) if world else []  # never the evaluation set
+    report_prompts = [e["prompt"] for e in world_entries + (eval_entries(cfg.model.resolution) if world_run else [])]
     all_prompts = sorted(set(prompts) | set(val_prompts) | set(report_prompts))
     with console.status("encoding prompts") if dist.is_main else contextlib.nullcontext():
         conds = encode_all(family, all_prompts, device)
