@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 
 from ..dmd.validation import grid_image, keyed_noise, student_images
+from ..evaluate.plugins import register_run_bench
 from ..families.base import Guidance
 from ..sampling import teacher_sample
 from .detect import ACCEPT_SCORE
@@ -329,3 +330,33 @@ def plot_curves(log: Path, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+class WorldRunBench:
+    """The shapes world's run bench (evaluate/plugins.py): exact metrics on the validation set at every
+    validation, and the teacher-vs-student table on the evaluation set at the end of `dmdr distill`."""
+
+    name = "world"
+
+    def __init__(self, cfg, stage: str):
+        self.validation = validation_entries(cfg.model.resolution)  # never the evaluation set
+        self.evaluation = eval_entries(cfg.model.resolution) if stage == "distill" else []
+        self._validation_conds = None
+
+    def prompts(self) -> list[str]:
+        return [e["prompt"] for e in self.validation + self.evaluation]
+
+    def validation_metrics(self, ctx, encode) -> dict:
+        if self._validation_conds is None:  # gathered once, not at every validation
+            self._validation_conds = encode([e["prompt"] for e in self.validation])
+        return validation_metrics(ctx, self.validation, self._validation_conds)
+
+    def final_report(self, ctx, encode, run_dir: Path, console: Console) -> dict | None:
+        return world_report(ctx, encode, run_dir, console) if self.evaluation else None
+
+
+def _world_run_bench(cfg, stage: str) -> WorldRunBench | None:
+    return WorldRunBench(cfg, stage) if is_world_model(cfg) else None
+
+
+register_run_bench("world", _world_run_bench)
