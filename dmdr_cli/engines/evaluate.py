@@ -231,7 +231,7 @@ def _score(bench: str, folder: Path, subject: Subject, judges: Judges, options: 
             return None  # the exact detector reads a world folder in seconds: no need to split it
         if bench == "geneval":
             return {**base, "prompt_set": settings.get("prompts", f"metadata.jsonl files of {folder}"),
-                    **world_bench.geneval_folder(folder)}
+                    **world_bench.geneval_folder(folder, scratch.parent / "results.jsonl")}
         if bench == "dpg":
             return {**base, "prompt_set": settings.get("prompts", f"{world_bench.ITEMS_FILE} of {folder}"),
                     **world_bench.dpg_folder(folder)}

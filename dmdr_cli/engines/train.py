@@ -87,13 +87,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     rl_branch = build_rl_branch(cfg, device, stage)  # rewards load (and fail) before the teacher
     family = load_family(cfg.model, device=device, dtype=frozen_dtype(cfg.model.dtype, device),
                          uncond_mode=cfg.guidance.uncond)
-    from ..world.report import eval_entries, is_world_model, validation_metrics, world_report
+    from ..evaluate import plugins
 
-    world = is_world_model(cfg)  # validation adds the exact world metrics
-    world_run = stage == "distill" and world  # ends with the teacher-vs-student world table
-    world_entries = eval_entries(cfg.model.resolution) if world else []
-    report_prompts = [e["prompt"] for e in world_entries]
-    all_prompts = sorted(set(prompts) | set(val_prompts) | set(report_prompts))
+    benches = plugins.run_benches(cfg, stage)  # their validation metrics and end-of-run reports
+    all_prompts = sorted(set(prompts) | set(val_prompts) | set(plugins.bench_prompts(benches)))
     with console.status("encoding prompts") if dist.is_main else contextlib.nullcontext():
         conds = encode_all(family, all_prompts, device)
         uncond = family.unconditional()
@@ -198,14 +195,16 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         fake_losses.append(fake_loss.detach())
 
     val_cond = conds[[index_of[p] for p in val_prompts]]
-    world_conds = conds[[index_of[e["prompt"]] for e in world_entries]] if world else None
     val_rewards = rl_branch.rewards if rl_branch is not None else []
+
+    def encode(texts: list[str]):
+        """The conditioning of prompts encoded above (a bench's, the run's own)."""
+        return conds[[index_of[p] for p in texts]]
 
     def run_validation(k: int, best: float | None) -> float | None:
         """Validation metrics into the log, a grid into samples/, and the best checkpoint by weighted reward."""
         metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
-        if world:
-            metrics.update(validation_metrics(ctx, world_entries, world_conds))
+        metrics.update(plugins.validation_metrics(benches, ctx, encode))
         (run.path / "samples").mkdir(exist_ok=True)
         grid_image(images).save(run.path / "samples" / f"validation-{k:06d}.png")
         log.write(k, metrics)
@@ -274,8 +273,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     if dist.is_main and cfg.train.sample_every:
         save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
                          k, cfg.train.seed)
-    if world_run and dist.is_main:
-        world_report(ctx, lambda texts: conds[[index_of[p] for p in texts]], run.path, console)
+    if dist.is_main:
+        plugins.final_reports(benches, ctx, encode, run.path, console)
     log.close()
     run.close()
     if dist.is_main:

@@ -31,10 +31,11 @@ POSITION_MARGIN = 0.1
 
 
 def kept_detections(detections: Iterable[Detection], tag: str,
-                    counting_threshold: float = COUNTING_SCORE_THRESHOLD) -> dict[str, list[Detection]]:
+                    counting_threshold: float = COUNTING_SCORE_THRESHOLD,
+                    score_threshold: float = SCORE_THRESHOLD) -> dict[str, list[Detection]]:
     """Per class, the detections that count: score above the task's threshold, best first, at most 16.
-    `counting_threshold` is GenEval's 0.9 unless a detector with differently calibrated scores says otherwise."""
-    threshold = counting_threshold if tag == "counting" else SCORE_THRESHOLD
+    The thresholds are GenEval's 0.3 and 0.9 unless a detector with differently calibrated scores says otherwise."""
+    threshold = counting_threshold if tag == "counting" else score_threshold
     by_class: dict[str, list[Detection]] = {}
     for det in detections:
         if det["score"] > threshold:
@@ -82,10 +83,11 @@ def _colors_of(dets: Sequence[Detection], classname: str, classify: ColorClassif
 
 def score_image(metadata: Mapping, detections: Iterable[Detection],
                 classify_color: ColorClassifier | None = None,
-                counting_threshold: float = COUNTING_SCORE_THRESHOLD) -> tuple[bool, str]:
+                counting_threshold: float = COUNTING_SCORE_THRESHOLD,
+                score_threshold: float = SCORE_THRESHOLD) -> tuple[bool, str]:
     """(correct, reason) for one image: includes are ANDed, excludes ORed; colour and position are judged
     on the top-`count` detections only, and position only once class and colour passed."""
-    objects = kept_detections(detections, metadata["tag"], counting_threshold)
+    objects = kept_detections(detections, metadata["tag"], counting_threshold, score_threshold)
     correct = True
     reasons: list[str] = []
     used: list[list[Detection] | None] = []  # per include: the detections it matched, None if it failed

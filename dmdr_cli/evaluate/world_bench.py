@@ -25,10 +25,12 @@ from PIL import Image
 
 from ..errors import DmdrError
 from ..world.answer import answer
-from ..world.builtin_prompts import PROMPT_SIZE, VAL_DENSE, VAL_SEED, validation_dense_items
+from ..world.builtin_prompts import (
+    EVAL_SEED, PROMPT_SIZE, VAL_DENSE, VAL_GENEVAL, VAL_SEED, evaluation_dense_items, validation_dense_items,
+)
 from ..world.dense import generate_dense_prompts, render_dense
-from ..world.detect import COUNTING_SCORE_THRESHOLD, detect_objects
-from ..world.prompts import generate_prompts, render_for
+from ..world.detect import ACCEPT_SCORE, accepted, detect_objects
+from ..world.prompts import TASKS, generate_prompts, render_for
 from ..world.scene import COLORS, SHAPES, check_size
 from .dpg import DpgItem, DpgQuestion, DpgReport, evaluate_dpg, make_grid
 from .frechet import frechet_between
@@ -65,6 +67,43 @@ def world_dpg_items(size: int, n: int | None = None) -> tuple[list[dict], str]:
     return items, source
 
 
+# The frozen evaluation (docs/results.md, "The frozen evaluator") and the cheap validation set. One entry per
+# image; each carries "unit", the prompt it belongs to: the paired bootstrap resamples units, not images.
+EVAL_PER_TASK, EVAL_IMAGES_PER_PROMPT, EVAL_DPG_ITEMS = 100, 2, 48
+VAL_PER_TASK, VAL_DPG_ITEMS = 20, 12
+DPG_TILES = 4
+
+
+def evaluation_entries(size: int) -> list[dict]:
+    """The evaluation set: 100 GenEval-style prompts per task (seed EVAL_SEED) x 2 images, then 48 held-out
+    dense items x 4 tiles (1,392 images). Small pools repeat (3 single-object prompts at 24 px): each
+    repeat is its own unit, with its own noise."""
+    size = _prompt_size(size)
+    geneval = [m for task in TASKS for m in generate_prompts(EVAL_PER_TASK, seed=EVAL_SEED, tasks=[task], size=size)]
+    dense = (evaluation_dense_items(EVAL_DPG_ITEMS) if size == PROMPT_SIZE
+             else generate_dense_prompts(EVAL_DPG_ITEMS, seed=EVAL_SEED, size=size))
+    return _with_units(geneval, EVAL_IMAGES_PER_PROMPT, dense)
+
+
+def validation_entries(size: int) -> list[dict]:
+    """The validation set, a subset of builtin:world-val: its first 20 GenEval-style prompts of each task
+    x 1 image, then its first 12 dense items x 4 tiles (168 images). Knobs are chosen on these."""
+    size = _prompt_size(size)
+    pool = generate_prompts(VAL_GENEVAL, seed=VAL_SEED, size=size)
+    geneval = [m for task in TASKS for m in [r for r in pool if r["tag"] == task][:VAL_PER_TASK]]
+    return _with_units(geneval, 1, world_dpg_items(size, VAL_DPG_ITEMS)[0])
+
+
+def _prompt_size(size: int) -> int:
+    """The builtin sets are drawn for 24 px scenes, which fit every larger world too."""
+    return min(check_size(size), PROMPT_SIZE)
+
+
+def _with_units(geneval: list[dict], images_per_prompt: int, dense) -> list[dict]:
+    entries = [dict(m, unit=f"{m['tag']}/{k:03d}") for k, m in enumerate(geneval) for _ in range(images_per_prompt)]
+    return entries + [dict(item, unit=item["item_id"]) for item in dense for _ in range(DPG_TILES)]
+
+
 def is_world_metadata(records: Sequence[dict]) -> bool:
     """GenEval-format metadata naming the world's shapes rather than COCO classes."""
     classes = {req["class"] for record in records for req in record.get("include", [])}
@@ -86,13 +125,25 @@ def as_uint8(image) -> np.ndarray:
     return array
 
 
-def geneval_results(images: Sequence[np.ndarray], metadata: Sequence[dict]) -> list[dict]:
-    """One {"tag", "prompt", "correct", "reason"} record per image (colours come with the detections)."""
+def geneval_results(images: Sequence[np.ndarray], metadata: Sequence[dict],
+                    files: Sequence[str] | None = None) -> list[dict]:
+    """One record per image, as the official GenEval evaluator writes them to results.jsonl:
+    {"file", "tag", "prompt", "correct", "reason", "detections"} (the accepted detections, best first; the
+    same acceptance rule for every task, world/detect.py). `file` is None for in-memory images."""
     results = []
-    for image, meta in zip(images, metadata, strict=True):
-        correct, reason = score_image(meta, detect_objects(image), counting_threshold=COUNTING_SCORE_THRESHOLD)
-        results.append({"tag": meta["tag"], "prompt": meta["prompt"], "correct": bool(correct), "reason": reason})
+    for k, (image, meta) in enumerate(zip(images, metadata, strict=True)):
+        found = accepted(detect_objects(image))
+        correct, reason = score_image(meta, found, counting_threshold=ACCEPT_SCORE, score_threshold=ACCEPT_SCORE)
+        results.append({"file": None if files is None else str(files[k]), "tag": meta["tag"], "prompt": meta["prompt"],
+                        "correct": bool(correct), "reason": reason,
+                        "detections": [{key: d[key] for key in ("class", "color", "box", "score")} for d in found]})
     return results
+
+
+def write_results(path: Path, records: Sequence[dict]) -> None:
+    """Per-image verdicts, one JSON object a line (GenEval's results.jsonl)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
 def as_dpg_item(item: dict) -> DpgItem:
@@ -164,28 +215,65 @@ def world_metrics(images, entries: Sequence[dict], *, seed: int = 0,
     reward: optional `reward(images_tensor, prompts) -> scores`, e.g. a `Reward`; its mean is reported.
 
     Returns {"n_images", "geneval": {task: accuracy, "overall"}, "dpg": {"overall", category: 0-100},
-    "distance", "distance_drift", "reward"}, each key present when it applies.
+    "distance", "distance_drift", "reward"}, each key present when it applies; with "unit" in the entries
+    also "units", the per-prompt scores the paired bootstrap needs (see `world_evaluation`).
     """
+    return world_evaluation(images, entries, seed=seed, reward=reward)[0]
+
+
+def world_evaluation(images, entries: Sequence[dict], *, seed: int = 0,
+                     reward: Callable | None = None) -> tuple[dict, dict]:
+    """(world_metrics' dict, details): details = {"records": per-image GenEval verdicts, "features": the
+    images' FD features (n, d), "real_features": those of the reference renders}. When entries carry "unit",
+    metrics["units"] = {"geneval": {unit: [tag, accuracy over its images]}, "dpg": {item_id: 0-100},
+    "reward": {unit: mean}}: what a later paired comparison resamples."""
     arrays = [as_uint8(image) for image in images]
     if len(arrays) != len(entries):
         raise ValueError(f"{len(arrays)} images but {len(entries)} entries: give one entry per image")
     out: dict = {"n_images": len(arrays)}
+    details: dict = {"records": []}
     geneval = [i for i, entry in enumerate(entries) if "tag" in entry]
     dense = [i for i, entry in enumerate(entries) if "questions" in entry]
+    units: dict = {}
     if geneval:
-        out["geneval"] = summarize(geneval_results([arrays[i] for i in geneval], [entries[i] for i in geneval]))
+        records = geneval_results([arrays[i] for i in geneval], [entries[i] for i in geneval])
+        details["records"] = records
+        out["geneval"] = summarize(records)
+        if all("unit" in entries[i] for i in geneval):
+            units["geneval"] = _unit_means({entries[i]["unit"]: entries[i]["tag"] for i in geneval},
+                                           [entries[i]["unit"] for i in geneval], [r["correct"] for r in records])
     if dense:
-        out["dpg"] = dpg_summary(_dpg_in_memory([arrays[i] for i in dense], [entries[i] for i in dense]))
+        report = _dpg_in_memory([arrays[i] for i in dense], [entries[i] for i in dense])
+        out["dpg"] = dpg_summary(report)
+        units["dpg"] = {item: 100 * score for item, score in report.per_item.items()}
     if len(arrays) >= 2:
-        distance = distance_summary(arrays, entries, seed)
-        out["distance"], out["distance_drift"] = distance["distance"], distance["drift"]
+        generated = feature_matrix(arrays)
+        real = feature_matrix(reference_renders(entries, arrays[0].shape[0], seed))
+        out["distance"], out["distance_drift"] = frechet_between(generated, real), feature_drift(generated, real)
+        details["features"], details["real_features"] = generated, real
     if reward is not None:
         import torch
 
         tensor = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays])
         with torch.no_grad():
-            out["reward"] = float(reward(tensor, [e["prompt"] for e in entries]).float().mean())
-    return out
+            scores = reward(tensor, [e["prompt"] for e in entries]).float().cpu().numpy()
+        out["reward"] = float(scores.mean())
+        if all("unit" in e for e in entries):
+            units["reward"] = {u: v[1] for u, v in _unit_means({e["unit"]: "" for e in entries},
+                                                                [e["unit"] for e in entries], scores).items()}
+    if units and all("unit" in e for e in entries):
+        out["units"] = units
+    return out, details
+
+
+def _unit_means(labels: dict[str, str], unit_of_image: list[str], values) -> dict[str, list]:
+    """{unit: [its label, the mean of its images' values]}, units in order of first appearance."""
+    sums: dict[str, list[float]] = {}
+    for unit, value in zip(unit_of_image, values):
+        total = sums.setdefault(unit, [0.0, 0])
+        total[0] += float(value)
+        total[1] += 1
+    return {unit: [labels[unit], total / count] for unit, (total, count) in sums.items()}
 
 
 def _dpg_in_memory(tiles: list[np.ndarray], entries: list[dict]) -> DpgReport:
@@ -219,11 +307,19 @@ def read_geneval_folder(root: str | Path) -> tuple[list[np.ndarray], list[dict],
     return images, per_image, [entry.metadata for entry in entries]
 
 
-def geneval_folder(root: str | Path) -> dict:
+def geneval_folder(root: str | Path, results_path: Path | None = None) -> dict:
+    """World-GenEval of a folder; with `results_path`, its per-image verdicts are written there (results.jsonl)."""
     images, metadata, prompts = read_geneval_folder(root)
-    results = geneval_results(images, metadata)
+    results = geneval_results(images, metadata, files=geneval_files(root))
+    if results_path is not None:
+        write_results(results_path, results)
     return {"scores": summarize(results), "images": len(results), "prompts": len(prompts), "detector": DETECTOR,
             "failures": [r for r in results if not r["correct"]][:20]}
+
+
+def geneval_files(root: str | Path) -> list[str]:
+    """The image files of a GenEval-layout folder, in `read_geneval_folder`'s order."""
+    return [str(path) for entry in read_prompt_folders(root, WORLD_VOCABULARY) for path in entry.samples]
 
 
 def distance_folder(root: str | Path, seed: int = 0) -> dict:

@@ -12,7 +12,7 @@ statistics catch the other usual symptoms (off-palette colours, noise, tints, bl
 
 Units are fixed so that one unit is a change worth noticing; they do not depend on the images compared:
 
-    count_<shape>, count_<colour>  detections kept at GenEval's 0.3 score threshold (1 = one object)
+    count_<shape>, count_<colour>  detections accepted by the world's rule (score > 0.3) (1 = one object)
     fragments                      detections at or below 0.3 (blobs that are not clean shapes)
     score                          mean score of the kept detections x 10 (purity x template fit)
     side_mean, side_std            box side (sqrt of box area) as a fraction of the image side x 10
@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..world.detect import MAX_COLOR_DISTANCE, detect_objects, segment_colors
+from ..world.detect import ACCEPT_SCORE, MAX_COLOR_DISTANCE, detect_objects, segment_colors
 from ..world.scene import BACKGROUND, COLORS, SHAPES
 
-KEPT_SCORE = 0.3  # GenEval's detection threshold
+KEPT_SCORE = ACCEPT_SCORE  # the world's one acceptance rule (world/detect.py)
 BACKGROUND_RADIUS = 40.0  # RGB distance within which a pixel counts as background (palette colours are >= 143 away)
 
 FEATURE_NAMES: tuple[str, ...] = (

@@ -9,9 +9,10 @@ classifier there.)
 from __future__ import annotations
 
 from ..errors import DmdrError
+from .detect import ACCEPT_SCORE
 from .geometry import relation_holds
 
-MIN_SCORE = 0.3  # detections that count, as in GenEval
+MIN_SCORE = ACCEPT_SCORE  # the world's one acceptance rule (detect.py)
 
 
 def answer(check: dict, detections: list[dict], min_score: float = MIN_SCORE) -> bool:

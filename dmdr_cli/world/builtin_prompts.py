@@ -8,6 +8,7 @@ objects). "Held out" means different seeds: the GenEval-style pools are small (2
 24 px, three of them single-object), so both sets contain most of them; the dense prompts of
 world-val never appear in world. The world teacher and the world-clip reward train on the dense
 items of `world` only (`training_dense_items`), so world-val's dense prompts are unseen by both.
+The evaluation set of the world bench (seed 2, `evaluation_dense_items`) is neither of them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .prompts import generate_prompts
 PROMPT_SIZE = 24
 TRAIN_GENEVAL, TRAIN_DENSE, TRAIN_SEED = 1000, 1000, 0
 VAL_GENEVAL, VAL_DENSE, VAL_SEED = 553, 200, 1
+EVAL_SEED = 2  # the frozen evaluation set (evaluate/world_bench.py): neither training's nor validation's seed
 
 
 @lru_cache(maxsize=1)
@@ -40,6 +42,19 @@ def validation_dense_items() -> tuple[dict, ...]:
             seen.add(item["prompt"])
             fresh.append(item)
     return tuple(fresh[:VAL_DENSE])
+
+
+@lru_cache(maxsize=4)
+def evaluation_dense_items(n: int) -> tuple[dict, ...]:
+    """`n` dense items for the evaluation set: seed EVAL_SEED, each prompt once, none of builtin:world's or
+    builtin:world-val's, so neither the teacher, the reward nor knob choices on validation have seen them."""
+    seen = {item["prompt"] for item in training_dense_items() + validation_dense_items()}
+    fresh = []
+    for item in generate_dense_prompts(3 * n, seed=EVAL_SEED, size=PROMPT_SIZE):
+        if item["prompt"] not in seen:
+            seen.add(item["prompt"])
+            fresh.append(item)
+    return tuple(fresh[:n])
 
 
 def world_prompts() -> list[str]:

@@ -10,24 +10,27 @@ grid, curve plots) and prints the table.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 
 from ..dmd.validation import grid_image, keyed_noise, student_images
+from ..evaluate.plugins import register_run_bench
 from ..families.base import Guidance
 from ..sampling import teacher_sample
-from .detect import COUNTING_SCORE_THRESHOLD
+from .detect import ACCEPT_SCORE
 
 TEACHER_FOLDER = Path(__file__).parent / "weights" / "teacher"  # the shipped one
-EVAL_GENEVAL_PROMPTS = 120  # 20 per task: about 1 CPU-minute per model at 24 px
-EVAL_DPG_ITEMS = 12  # x 4 tiles
 EVAL_SEED, EVAL_TAG = 0, "world-eval"  # teacher and student start from the same keyed noise
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+GRID_IMAGES = 48  # teacher images kept in the cache for the side-by-side grid
+CACHE_FILE = "eval_cache.json"
 
 
 def is_world_model(cfg) -> bool:
@@ -46,24 +49,23 @@ def is_world_model(cfg) -> bool:
 
 
 def eval_entries(resolution: int) -> list[dict]:
-    from ..evaluate.world_bench import world_dpg_items, world_geneval_metadata
+    """The frozen evaluation set, one entry per image (evaluate/world_bench.py)."""
+    from ..evaluate.world_bench import evaluation_entries
 
-    geneval, _ = world_geneval_metadata(resolution, EVAL_GENEVAL_PROMPTS)
-    dense, _ = world_dpg_items(resolution, EVAL_DPG_ITEMS)
-    return list(geneval) + [item for item in dense for _ in range(4)]  # 4 DPG tiles per dense item
+    return evaluation_entries(resolution)
 
 
 @torch.no_grad()
-def teacher_images(ctx, conds, steps: int, cfg_scale: float, batch: int = 64) -> torch.Tensor:
-    net = ctx.nets.as_real(0.0)  # adapters off: exactly the teacher
-    noises = keyed_noise(ctx.family, conds.batch_size, ctx.cfg.model.resolution, EVAL_SEED, EVAL_TAG).to(ctx.device)
+def teacher_images(family, net, uncond, conds, steps: int, cfg_scale: float, resolution: int, device,
+                   amp=contextlib.nullcontext, batch: int = 64) -> torch.Tensor:
+    """The teacher's samples of `conds` from the evaluation's keyed noise (row i: keyed_generator(0, tag, i))."""
+    noises = keyed_noise(family, conds.batch_size, resolution, EVAL_SEED, EVAL_TAG).to(device)
     out = []
     for s in range(0, conds.batch_size, batch):
-        cond = conds[s:s + batch].to(ctx.device)
-        noise = noises[s:s + batch]
-        with ctx.amp():
-            out.append(ctx.family.decode(teacher_sample(ctx.family, net, noise, cond, steps,
-                                                        Guidance(cfg_scale, ctx.uncond))).cpu())
+        with amp():
+            latents = teacher_sample(family, net, noises[s:s + batch], conds[s:s + batch].to(device), steps,
+                                     Guidance(cfg_scale, uncond))
+            out.append(family.decode(latents).float().cpu())
     return torch.cat(out)
 
 
@@ -78,78 +80,191 @@ def _reward(cfg, device):
         return None
 
 
-def teacher_metrics(ctx, entries, conds, steps: int, cfg_scale: float, reward) -> tuple[dict, torch.Tensor]:
-    """The teacher's scores, from the cache next to its weights when the settings match."""
-    from ..evaluate.world_bench import world_metrics
-
-    folder = Path(ctx.cfg.model.pretrained)
+def cache_key(folder: Path, scheduler: dict, entries, steps: int, cfg_scale: float, resolution: int,
+              reward) -> str:
+    """The teacher cache's key: its weights, sampler, the evaluation set and the evaluator's frozen rule."""
     weights = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.glob("*/*.safetensors")))).hexdigest()
-    scheduler = ctx.family.components.scheduler_config  # the teacher samples with it
-    key = hashlib.sha256(json.dumps([weights, sorted(scheduler.items()), COUNTING_SCORE_THRESHOLD, EVAL_SEED, EVAL_TAG,
-                                     len(entries), steps, cfg_scale, ctx.cfg.model.resolution,
-                                     [e["prompt"] for e in entries]]).encode()).hexdigest()[:16]
-    cache = folder / "eval_cache.json"  # next to the teacher's weights, keyed by them and the settings
+    return hashlib.sha256(json.dumps([weights, sorted(scheduler.items()), ACCEPT_SCORE, EVAL_SEED, EVAL_TAG, steps,
+                                      cfg_scale, resolution, reward is not None,
+                                      [[e["prompt"], e.get("unit")] for e in entries]]).encode()).hexdigest()[:16]
+
+
+def teacher_metrics(family, net, uncond, conds, entries, steps: int, cfg_scale: float, reward, folder: Path,
+                    resolution: int, device, amp=contextlib.nullcontext) -> tuple[dict, dict]:
+    """(metrics with per-prompt "units", {"features", "grid"}) of the teacher, from the cache next to its
+    weights when the key matches: eval_cache.json holds the metrics, eval_cache-<key>.npz the images' FD
+    features and the grid's images. Otherwise computed (1,392 images x 50 NFE) and written there."""
+    from ..evaluate.world_bench import world_evaluation
+
+    folder = Path(folder)
+    key = cache_key(folder, family.components.scheduler_config, entries, steps, cfg_scale, resolution, reward)
+    cache, arrays = folder / CACHE_FILE, folder / f"eval_cache-{key}.npz"
     try:
         cached = json.loads(cache.read_text())
     except (OSError, ValueError):  # none yet (or unreadable): computed below
         cached = {}
-    images = teacher_images(ctx, conds[:48], steps, cfg_scale)  # for the side-by-side grid only
-    if key in cached:
-        return cached[key], images
-    metrics = world_metrics(teacher_images(ctx, conds, steps, cfg_scale), entries, reward=reward)
-    cached[key] = metrics
+    if key in cached and arrays.is_file():
+        with np.load(arrays) as stored:
+            return cached[key], {"features": stored["features"], "grid": torch.from_numpy(stored["grid"])}
+    images = teacher_images(family, net, uncond, conds, steps, cfg_scale, resolution, device, amp)
+    metrics, details = world_evaluation(images, entries, reward=reward)
+    extra = {"features": details["features"], "grid": images[:GRID_IMAGES]}
     try:  # renamed into place: runs side by side never read a half-written cache
+        tmp = arrays.with_name(f".{arrays.stem}.{os.getpid()}.tmp.npz")
+        np.savez_compressed(tmp, features=extra["features"].astype(np.float32), grid=extra["grid"].numpy())
+        tmp.replace(arrays)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cached, indent=1))
+        tmp.write_text(json.dumps({**cached, key: metrics}, indent=1))
         tmp.replace(cache)
     except OSError:  # a read-only install: recompute next time
         pass
-    return metrics, images
+    return metrics, extra
 
 
-def student_metrics(ctx, entries, conds, reward=None) -> tuple[dict, torch.Tensor]:
-    """The student's world metrics and images, from the teacher's noise row for row."""
-    from ..evaluate.world_bench import world_metrics
+def student_metrics(ctx, entries, conds, reward=None) -> tuple[dict, dict, torch.Tensor]:
+    """The student's world metrics, details (per-image verdicts, FD features) and images, from the
+    teacher's noise row for row."""
+    from ..evaluate.world_bench import world_evaluation
 
     images = student_images(ctx, conds, EVAL_SEED, EVAL_TAG)
-    return world_metrics(images, entries, reward=reward), images
+    metrics, details = world_evaluation(images, entries, reward=reward)
+    return metrics, details, images
+
+
+def validation_entries(resolution: int) -> list[dict]:
+    """The validation set (builtin:world-val, 168 images), never the evaluation set."""
+    from ..evaluate.world_bench import validation_entries as entries
+
+    return entries(resolution)
 
 
 def validation_metrics(ctx, entries, conds) -> dict:
-    """The final table's exact metrics as flat validation scalars, for curves against generator step
-    (about 6 s per validation on one CPU thread at 24 px: 168 images x 4 steps at 0.55 s per batch-64 forward,
-    0.5 s of metrics; no reward, which the run's own validation has)."""
-    metrics, _ = student_metrics(ctx, entries, conds)
+    """The final table's exact metrics on the validation set as flat scalars, for curves against generator
+    step (about 6 s per validation on one CPU thread at 24 px: 168 images x 4 steps at 0.55 s per batch-64
+    forward, 0.5 s of metrics; no reward, which the run's own validation has)."""
+    metrics, _, _ = student_metrics(ctx, entries, conds)
     flat = {f"val_world_geneval_{task}": metrics["geneval"][task] for task in TASKS}
     flat.update(val_world_geneval=metrics["geneval"]["overall"], val_world_dpg=metrics["dpg"]["overall"],
                 val_world_distance=metrics["distance"])
     return flat
 
 
+def paired_intervals(student: dict, teacher: dict, student_features=None, teacher_features=None,
+                     real_features=None, seed: int = 0) -> dict[str, dict]:
+    """Student minus teacher, 95% paired bootstrap intervals (evaluate/paired.py): world-GenEval overall
+    (stratified by task) and per task over prompts, world-DPG over dense items, the reward over prompts,
+    and FD over images (the same resampled images for both models and the real renders)."""
+    from ..evaluate.frechet import frechet_between
+    from ..evaluate.paired import bootstrap_interval, paired_mean_difference
+
+    out: dict[str, dict] = {}
+    su, tu = student.get("units", {}), teacher.get("units", {})
+    if "geneval" in su and "geneval" in tu:
+        units = [u for u in su["geneval"] if u in tu["geneval"]]
+        tags = [su["geneval"][u][0] for u in units]
+        s = np.array([su["geneval"][u][1] for u in units])
+        t = np.array([tu["geneval"][u][1] for u in units])
+        out["geneval"] = paired_mean_difference(s, t, strata=tags, seed=seed).as_dict()
+        for task in dict.fromkeys(tags):
+            mine = np.array([tag == task for tag in tags])
+            out[task] = paired_mean_difference(s[mine], t[mine], seed=seed).as_dict()
+    for name in ("dpg", "reward"):
+        if name in su and name in tu:
+            units = [u for u in su[name] if u in tu[name]]
+            value = (lambda side, u: side[u]) if name == "dpg" else (lambda side, u: side[u][1])
+            out[name] = paired_mean_difference([value(su[name], u) for u in units],
+                                               [value(tu[name], u) for u in units], seed=seed).as_dict()
+    if student_features is not None and teacher_features is not None and real_features is not None:
+        a, b, r = (np.asarray(x, dtype=np.float64) for x in (student_features, teacher_features, real_features))
+        out["distance"] = bootstrap_interval(
+            len(r), lambda idx: frechet_between(a[idx], r[idx]) - frechet_between(b[idx], r[idx]), seed=seed).as_dict()
+    return out
+
+
 def world_report(ctx, encode, run_dir: Path, console: Console) -> dict:
-    """Evaluate teacher and student, print the table, write run_dir/report/."""
+    """Evaluate teacher and student on the frozen evaluation set, print the table and the paired intervals,
+    write run_dir/report/ (report.json with both models' scores and the intervals, results.jsonl with the
+    student's per-image verdicts, report.md, grid, curves).
+
+    Cost, measured at 24 px on one CPU thread: the student's 1,392 images x 4 steps about 60 s of sampling and
+    15 s of scoring (detector, DPG, FD features, reward) plus 5 s of bootstrap; the teacher's 1,392 x 50 NFE
+    are read from its cache (computing them once: about 25 minutes)."""
     entries = eval_entries(ctx.cfg.model.resolution)
     conds = encode([e["prompt"] for e in entries])
     reward = _reward(ctx.cfg, ctx.device)
     steps = ctx.cfg.sample.steps or 25
     cfg_scale = ctx.cfg.sample.cfg or ctx.cfg.guidance.scale
     with console.status("evaluating teacher and student on the world benchmarks"):
-        teacher, teacher_grid = teacher_metrics(ctx, entries, conds, steps, cfg_scale, reward)
-        student, student_all = student_metrics(ctx, entries, conds, reward)
+        teacher, cached = teacher_metrics(ctx.family, ctx.nets.as_real(0.0), ctx.uncond, conds, entries, steps,
+                                          cfg_scale, reward, Path(ctx.cfg.model.pretrained), ctx.cfg.model.resolution,
+                                          ctx.device, ctx.amp)
+        student, details, student_all = student_metrics(ctx, entries, conds, reward)
+        intervals = paired_intervals(student, teacher, details.get("features"), cached["features"],
+                                     details.get("real_features"))
     rows = {f"teacher ({steps} steps, CFG {cfg_scale:g})": (teacher, 2 * steps),
             f"student ({len(ctx.student_times)} steps)": (student, len(ctx.student_times))}
     console.print(render_table(rows), markup=False, highlight=False)
+    console.print(render_intervals(teacher, student, intervals, entries), markup=False, highlight=False)
     folder = run_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps({"teacher": teacher, "student": student,
+    (folder / "report.json").write_text(json.dumps({"teacher": teacher, "student": student, "paired": intervals,
                                                     "teacher_steps": steps, "teacher_cfg": cfg_scale,
                                                     "student_steps": len(ctx.student_times),
-                                                    "eval_prompts": len(entries)}, indent=1))
-    side_by_side(teacher_grid, student_all[:48], folder / "teacher_vs_student.png")
+                                                    "eval_images": len(entries)}, indent=1))
+    from ..evaluate.world_bench import write_results
+
+    write_results(folder / "results.jsonl", details["records"])
+    side_by_side(cached["grid"], student_all[:GRID_IMAGES], folder / "teacher_vs_student.png")
     plot_curves(run_dir / "log.jsonl", folder / "curves.png")
-    (folder / "report.md").write_text(markdown(rows, entries))
+    (folder / "report.md").write_text(markdown(rows, entries) + interval_markdown(teacher, student, intervals))
     console.print(f"report: {folder}")
-    return {"teacher": teacher, "student": student}
+    return {"teacher": teacher, "student": student, "paired": intervals}
+
+
+INTERVAL_ROWS = (("geneval", "world-GenEval"), *((t, f"  {t}") for t in TASKS), ("dpg", "world-DPG"),
+                 ("reward", "reward"), ("distance", "FD (lower is better)"))
+
+
+def _value(metrics: dict, name: str) -> float:
+    if name in TASKS:
+        return metrics.get("geneval", {}).get(name, float("nan"))
+    if name in ("geneval", "dpg"):
+        return metrics.get(name, {}).get("overall", float("nan"))
+    return metrics.get(name, float("nan"))
+
+
+def _interval_lines(teacher: dict, student: dict, intervals: dict) -> list[tuple[str, str, str, str]]:
+    lines = []
+    for name, label in INTERVAL_ROWS:
+        if name in intervals:
+            ci = intervals[name]
+            digits = 1 if name in ("dpg", "distance") else 3
+            lines.append((label, f"{_value(teacher, name):.{digits}f}", f"{_value(student, name):.{digits}f}",
+                          f"{ci['estimate']:+.{digits}f} [{ci['low']:+.{digits}f}, {ci['high']:+.{digits}f}]"))
+    return lines
+
+
+def _interval_title(entries, intervals: dict) -> str:
+    prompts = len({e["unit"] for e in entries if "tag" in e})
+    items = len({e["unit"] for e in entries if "questions" in e})
+    resamples = next(iter(intervals.values()))["resamples"] if intervals else 0
+    return (f"student - teacher, 95% paired bootstrap ({resamples} resamples) over {prompts} prompts,\n"
+            f"{items} dense items (DPG) and {len(entries)} images (FD); an interval holding 0 is no difference")
+
+
+def render_intervals(teacher: dict, student: dict, intervals: dict, entries) -> str:
+    """The paired differences under the table: one line per metric, at most 100 columns."""
+    lines = [_interval_title(entries, intervals), f"{'metric':<22}{'teacher':>9}{'student':>9}   difference [95%]"]
+    lines.append("-" * len(lines[-1]))
+    lines += [f"{a:<22}{b:>9}{c:>9}   {d}" for a, b, c, d in _interval_lines(teacher, student, intervals)]
+    return "\n".join(lines)
+
+
+def interval_markdown(teacher: dict, student: dict, intervals: dict) -> str:
+    rows = ["## Student - teacher, paired", "", "| metric | teacher | student | difference [95% interval] |",
+            "| --- | --- | --- | --- |"]
+    rows += [f"| {a.strip()} | {b} | {c} | {d} |" for a, b, c, d in _interval_lines(teacher, student, intervals)]
+    return "\n".join(rows) + "\n"
 
 
 def _cells(m: dict, nfe: int) -> list[str]:
@@ -178,8 +293,10 @@ def render_table(rows: dict) -> str:
 
 def markdown(rows: dict, entries) -> str:
     lines = ["# Shapes-world distillation report", "",
-             f"{sum('tag' in e for e in entries)} GenEval-style prompts (1 image each) and "
-             f"{sum('questions' in e for e in entries) // 4} dense items (4 tiles each), same noise for both models. "
+             f"{len({e['unit'] for e in entries if 'tag' in e})} GenEval-style prompts "
+             f"({sum('tag' in e for e in entries)} images) and "
+             f"{len({e['unit'] for e in entries if 'questions' in e})} dense items (4 tiles each), same noise for "
+             "both models; per-image verdicts in results.jsonl. "
              "Scores by the exact detector; reward = world-clip cosine; distance = Frechet distance to real renders "
              "(lower is better).", "", "| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
     for name, (m, nfe) in rows.items():
@@ -213,3 +330,33 @@ def plot_curves(log: Path, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+class WorldRunBench:
+    """The shapes world's run bench (evaluate/plugins.py): exact metrics on the validation set at every
+    validation, and the teacher-vs-student table on the evaluation set at the end of `dmdr distill`."""
+
+    name = "world"
+
+    def __init__(self, cfg, stage: str):
+        self.validation = validation_entries(cfg.model.resolution)  # never the evaluation set
+        self.evaluation = eval_entries(cfg.model.resolution) if stage == "distill" else []
+        self._validation_conds = None
+
+    def prompts(self) -> list[str]:
+        return [e["prompt"] for e in self.validation + self.evaluation]
+
+    def validation_metrics(self, ctx, encode) -> dict:
+        if self._validation_conds is None:  # gathered once, not at every validation
+            self._validation_conds = encode([e["prompt"] for e in self.validation])
+        return validation_metrics(ctx, self.validation, self._validation_conds)
+
+    def final_report(self, ctx, encode, run_dir: Path, console: Console) -> dict | None:
+        return world_report(ctx, encode, run_dir, console) if self.evaluation else None
+
+
+def _world_run_bench(cfg, stage: str) -> WorldRunBench | None:
+    return WorldRunBench(cfg, stage) if is_world_model(cfg) else None
+
+
+register_run_bench("world", _world_run_bench)

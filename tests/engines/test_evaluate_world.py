@@ -83,6 +83,8 @@ def test_clean_renders_are_perfect_and_at_distance_zero(clean_geneval, clean_dpg
     distance = report["benches"]["world-distance"]
     assert distance["distance"] == pytest.approx(0.0, abs=1e-9) and distance["n"] == 96
     assert (tmp_path / "g" / "tasks.png").is_file() and "world-GenEval" in (tmp_path / "g" / "report.md").read_text()
+    verdicts = [json.loads(line) for line in (tmp_path / "g" / "results.jsonl").read_text().splitlines()]
+    assert len(verdicts) == 96 and all(v["correct"] and Path(v["file"]).is_file() for v in verdicts)
 
     ok("evaluate", "--images", clean_dpg, "--bench", "dpg", "--report", tmp_path / "d")
     dpg = report_of(tmp_path / "d")["benches"]["dpg"]

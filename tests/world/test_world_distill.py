@@ -43,7 +43,7 @@ def test_world_recipe_is_recognised_and_table_renders():
     text = render_table(rows)
     assert all(len(line) <= 80 for line in text.splitlines())
     assert "teacher" in text and "0.500" in text and "12.0" in text
-    assert "| student (4 steps) | 4 | 0.500 |" in markdown(rows, [{"tag": "x", "prompt": "p"}])
+    assert "| student (4 steps) | 4 | 0.500 |" in markdown(rows, [{"tag": "x", "prompt": "p", "unit": "x/000"}])
 
 
 def test_world_validation_logs_the_exact_metrics(tmp_path):
