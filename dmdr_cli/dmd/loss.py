@@ -30,13 +30,13 @@ def dmd_loss(x0_g: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, *
 
     The per-sample normaliser makes the step size independent of how far the sample is from the
     teacher's estimate (DMD's weighting w_t, Yin et al. 2024). Everything runs in fp32 whatever the
-    inputs' dtype. Non-finite entries of the score estimates (a diverged fake score, an fp16 overflow)
-    contribute no gradient and are counted in the stats; a non-finite `x0_g` is left to surface as a
+    inputs' dtype. An entry non-finite in either score estimate (a diverged fake score, an fp16
+    overflow) contributes no gradient and is counted in the stats; a non-finite `x0_g` is left to surface as a
     non-finite loss.
 
     Returns (loss, stats); the stats are detached 0-dim tensors (no host sync here): dmd_loss,
     dmd_grad_norm (mean per-sample L2 norm of grad), dmd_normalizer (mean divisor), dmd_nonfinite
-    (fraction of non-finite score-estimate entries).
+    (fraction of entries non-finite in either estimate).
     """
     if not (x0_g.shape == x0_real.shape == x0_fake.shape):
         raise ValueError(f"shape mismatch: x0_g {tuple(x0_g.shape)}, x0_real {tuple(x0_real.shape)}, "
@@ -47,9 +47,11 @@ def dmd_loss(x0_g: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, *
     with torch.no_grad():
         p_real = x0_g - x0_real.float()
         p_fake = x0_g - x0_fake.float()
-        nonfinite = (~torch.isfinite(p_real)).float().mean() + (~torch.isfinite(p_fake)).float().mean()
-        p_real = torch.nan_to_num(p_real, nan=0.0, posinf=0.0, neginf=0.0)
-        p_fake = torch.nan_to_num(p_fake, nan=0.0, posinf=0.0, neginf=0.0)
+        # one mask from both: an entry broken in only one estimate would otherwise get a one-sided gradient
+        finite = torch.isfinite(p_real) & torch.isfinite(p_fake)
+        nonfinite = (~finite).float().mean()
+        p_real = torch.where(finite, p_real, 0.0)
+        p_fake = torch.where(finite, p_fake, 0.0)
         if normalize:
             normalizer = _per_sample_mean(p_real.abs()).clamp_min(min_normalizer)
         else:
@@ -61,7 +63,7 @@ def dmd_loss(x0_g: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, *
         "dmd_loss": loss.detach(),
         "dmd_grad_norm": grad.flatten(1).norm(dim=1).mean(),
         "dmd_normalizer": normalizer.mean(),
-        "dmd_nonfinite": nonfinite / 2,
+        "dmd_nonfinite": nonfinite,
     }
     return loss, stats
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime.precision import autocast_dtype
+
 GENERATOR, GUIDANCE = "generator", "guidance"
 
 
@@ -78,13 +80,6 @@ def add_lora(model: torch.nn.Module, name: str, rank: int, alpha: float, targets
                           adapter_name=name)
     for p, flag in flags:
         p.requires_grad_(flag)
-    from peft.tuners.lora import LoraLayer
-
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            # peft casts each LoRA input to the adapter's fp32 dtype: a full fp32 copy of every activation
-            # it touches. Under bf16 autocast (GPU) the matmuls run in bf16 anyway, so skip the copy.
-            module.cast_input_dtype_enabled = False
     params = []
     for pname, p in model.named_parameters():
         if f".{name}." in pname and "lora_" in pname:
@@ -202,10 +197,24 @@ def build_networks(teacher: torch.nn.Module, cfg, family_cls) -> ScoreNetworks:
         generator_switch = None
         guidance_switch = AdapterSwitch(teacher) if fake_full is None else None
 
+    device = next(teacher.parameters()).device
+    if autocast_dtype(cfg.train.mixed_precision, device) is not None:
+        # peft casts each LoRA input to the adapter's fp32 dtype: a full fp32 copy of every activation it
+        # touches. Under autocast the LoRA matmuls run in the autocast dtype anyway, so skip the copy; without
+        # autocast the cast is what lets bf16 frozen activations meet the fp32 adapters (mixed_precision: no).
+        _set_lora_input_casting(teacher, False)
     return ScoreNetworks(generator=generator, guidance=teacher, fake_full=fake_full,
                          generator_params=generator_params, fake_params=fake_params,
                          generator_switch=generator_switch, guidance_switch=guidance_switch,
                          fake_scale=g.fake_lora_scale)
+
+
+def _set_lora_input_casting(model: torch.nn.Module, enabled: bool) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.cast_input_dtype_enabled = enabled
 
 
 def _trainable_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -19,11 +19,26 @@ from ..sampling import teacher_sample
 from .randomness import keyed_generator
 
 
-def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None) -> dict[str, torch.Tensor]:
-    """{noise, target, prompt_index}: teacher ODE outputs for keyed noise, prompt i = pair i mod #prompts."""
+def shard(n: int, rank: int, world_size: int) -> range:
+    """Pair ids [0, n) split into `world_size` contiguous shards whose sizes differ by at most one."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
+
+
+def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, dist=None) -> dict[str, torch.Tensor]:
+    """{noise, target, prompt_index}: teacher ODE outputs for keyed noise, prompt i = pair i mod #prompts.
+
+    With several processes each makes its shard of the pairs, all gather them, and the main process alone
+    writes the cache (every pair depends on its id only, so the split does not change them).
+    """
     from safetensors.torch import load_file, save_file
 
-    if cache.is_file():
+    rank, world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    missing = not cache.is_file()
+    if dist is not None:
+        missing = dist.any(missing)  # all processes agree on making them or not
+    if not missing:
         return load_file(str(cache))
     cfg = ctx.cfg.ode_regression
     scale = cfg.cfg if cfg.cfg is not None else ctx.cfg.guidance.scale
@@ -31,8 +46,9 @@ def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None) 
     noise, target, index = [], [], []
     batch = ctx.cfg.train.batch_size
     teacher = ctx.nets.as_real(0.0)
-    for start in range(0, n_pairs, batch):
-        ids = list(range(start, min(start + batch, n_pairs)))
+    mine = shard(n_pairs, rank, world_size)
+    for start in range(mine.start, mine.stop, batch):
+        ids = list(range(start, min(start + batch, mine.stop)))
         z = torch.stack([torch.randn(shape, generator=keyed_generator(seed, "ode-pair", i)) for i in ids]).to(ctx.device)
         rows = torch.tensor([i % conds.batch_size for i in ids])
         cond = conds[rows].to(ctx.device)
@@ -42,13 +58,25 @@ def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None) 
         target.append(x0.float().cpu())
         index.append(rows)
         if progress is not None:
-            progress(len(ids))
-    pairs = {"noise": torch.cat(noise), "target": torch.cat(target), "prompt_index": torch.cat(index)}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    save_file(pairs, str(tmp))
-    tmp.replace(cache)
+            progress(len(ids) * world_size)
+    pairs = {"noise": _rows(noise, shape, torch.float32), "target": _rows(target, shape, torch.float32),
+             "prompt_index": _rows(index, (), torch.long)}
+    if world_size > 1:
+        pairs = {k: dist.gather_rows(v, [len(shard(n_pairs, r, world_size)) for r in range(world_size)])
+                 for k, v in pairs.items()}
+    if rank == 0:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.tmp-rank{rank}")
+        save_file(pairs, str(tmp))
+        tmp.replace(cache)
+    if dist is not None:
+        dist.barrier()  # the cache is complete before any process goes on (or a resume reads it)
     return pairs
+
+
+def _rows(parts: list[torch.Tensor], shape, dtype) -> torch.Tensor:
+    """The batches of a shard as one tensor (a process can have no pairs when there are fewer than processes)."""
+    return torch.cat(parts) if parts else torch.empty(0, *shape, dtype=dtype)
 
 
 def regression_loss(ctx, pairs: dict, conds, rows: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,14 @@ def dmd_generator_loss(ctx: StepContext, x0_g: torch.Tensor, cond: Cond, rng: St
     return loss, stats
 
 
+def fake_score_times(ctx: StepContext, rng: StepRandomness, k: int) -> torch.Tensor:
+    """DMDR: the DMD loss's times (DynaRS on [t_min, t_max], as the authors' code draws them); layout dmd2:
+    uniform over the whole training range, as DMD2's fake-score loss draws its timesteps (0..999)."""
+    if ctx.cfg.guidance.layout == "dmd2":
+        return rng.per_sample_uniform("fake_t").to(ctx.device).float()
+    return renoise_times(ctx, rng, k, "fake_t")
+
+
 def fake_score_step_loss(ctx: StepContext, x0_g: torch.Tensor, cond: Cond, rng: StepRandomness, k: int,
                          stats: dict | None = None) -> torch.Tensor:
     """Denoising loss of the fake score on stopgrad(x0_g), in the family's own parameterisation.
@@ -86,7 +94,7 @@ def fake_score_step_loss(ctx: StepContext, x0_g: torch.Tensor, cond: Cond, rng: 
     so `fake_to_teacher_loss` (same inputs) < 1 says it keeps up, and > 1 that it has fallen behind.
     """
     x0 = x0_g.detach()
-    t = renoise_times(ctx, rng, k, "fake_t")
+    t = fake_score_times(ctx, rng, k)
     noise = rng.randn_like(x0, "fake_renoise")
     x_t = ctx.family.schedule.renoise(x0, t, noise)
     target = ctx.family.schedule.target(x0, noise, t).float()

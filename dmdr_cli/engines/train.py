@@ -293,7 +293,7 @@ def ode_warm_start(ctx, conds, run_dir: Path, dist: Dist, log: MetricsLog, conso
             done[0] += count
             progress.update(done[0], {})
 
-        pairs = make_pairs(ctx, conds, n, cfg.train.seed, run_dir / "ode_pairs.safetensors", advance)
+        pairs = make_pairs(ctx, conds, n, cfg.train.seed, run_dir / "ode_pairs.safetensors", advance, dist)
     opt = make_optimizer(ctx.nets.generator_params, cfg.ode_regression.lr or cfg.train.lr_generator, cfg.train, ctx.device)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     B = cfg.train.batch_size

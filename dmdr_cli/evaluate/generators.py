@@ -102,7 +102,7 @@ def _open_student(spec: str) -> ModelRef:
         spec=spec, kind="student", model=recipe.model, uncond=recipe.guidance.uncond,
         label=f"{run_name} (step {source.step}, {recipe.student.steps}-step student)",
         identity=str(source.checkpoint.resolve()), world=is_world_recipe(recipe),
-        steps=recipe.sample.steps or recipe.student.steps, cfg=None, batch_size=recipe.sample.batch_size,
+        steps=recipe.student.steps, cfg=None, batch_size=recipe.sample.batch_size,  # sample.steps is the teacher's
         per_prompt=recipe.sample.per_prompt, seed=recipe.sample.seed, source=source, run_dir=source.run_dir,
     )
 

@@ -66,7 +66,8 @@ class GuidanceSection(Section):
                                     "The teacher baseline uses the same.")
     layout: Literal["shared_lora", "dmd2"] = Field(
         "shared_lora", description="shared_lora: real and fake score are one frozen teacher + one LoRA (DynaDG); "
-                                   "dmd2: a separate full fake-score copy, no DynaDG (for comparison).")
+                                   "dmd2: a separate full fake-score copy, no DynaDG, fake-score times uniform over "
+                                   "the whole training range as in DMD2 (for comparison).")
     lora_rank: int = Field(32, ge=1, le=1024, description="Guidance (fake-score) LoRA rank.")
     lora_alpha: float = Field(32.0, gt=0, description="Guidance LoRA alpha.")
     lora_targets: Optional[list[str]] = Field(None, description="Guidance LoRA modules; None: the family's default list.")
@@ -139,8 +140,14 @@ class RLSection(Section):
     decoder: Optional[str] = Field(
         None, description="ReFL decoder: None = the family's VAE; a path/hub id of a diffusers AutoencoderTiny (TAESD) to save memory.")
     decode_resolution: Optional[int] = Field(None, ge=8, description="Downscale decoded images to this size before the reward (saves memory).")
-    dpo: DPOSection = Field(default_factory=DPOSection, description="DPO knobs.")
-    grpo: GRPOSection = Field(default_factory=GRPOSection, description="GRPO knobs.")
+    dpo: DPOSection = Field(
+        default_factory=DPOSection,
+        description="DPO knobs. Winner and loser are renoised at a student time after the first, the inputs the "
+                    "sampler feeds the student (the first gets pure noise), so DPO needs student.steps >= 2.")
+    grpo: GRPOSection = Field(
+        default_factory=GRPOSection,
+        description="GRPO knobs. GRPO rolls out and optimises sde transitions, so it needs student.sampler sde "
+                    "(auto is ode for sd3); distill refuses any other sampler before models load.")
 
     @model_validator(mode="after")
     def _rewards_needed(self):
@@ -166,7 +173,9 @@ class TrainSection(Section):
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Max gradient norm (0: no clipping).")
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field(
+        "auto", description="auto: bf16 on CUDA, fp32 on CPU. fp16 is refused: without loss scaling the DMD "
+                            "gradient (about grad / numel per element) underflows in fp16.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     compile: bool = Field(False, description="torch.compile the denoiser (minutes of warm-up; for long runs).")
     seed: int = Field(0, ge=0, description="Seed of all randomness (noise is keyed by global sample index).")
@@ -176,6 +185,13 @@ class TrainSection(Section):
     checkpoint_every: int = Field(500, ge=0, description="Generator steps between checkpoints (0: only at the end).")
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept (oldest removed).")
     max_nonfinite_steps: int = Field(5, ge=1, description="Consecutive non-finite updates before the run stops.")
+
+    @model_validator(mode="after")
+    def _no_fp16(self):
+        if self.mixed_precision == "fp16":
+            raise ValueError("mixed_precision fp16 is not supported: without loss scaling the DMD gradient (about "
+                             "grad / numel per element) underflows in fp16; use bf16, or no for fp32")
+        return self
 
 
 class ODERegressionSection(Section):
@@ -191,7 +207,9 @@ class ODERegressionSection(Section):
 
 
 class SampleSection(Section):
-    steps: Optional[int] = Field(None, ge=1, description="Sampling steps; None: the student's own (teacher: 25).")
+    steps: Optional[int] = Field(None, ge=1, description="Teacher sampling steps for `dmdr sample` of the recipe's "
+                                                         "teacher; None: 25. A student always samples at its own steps "
+                                                         "and times unless --steps says otherwise.")
     cfg: Optional[float] = Field(None, ge=1.0, description="Teacher CFG for `dmdr sample` of a teacher; None: guidance.scale.")
     batch_size: int = Field(4, ge=1, description="Images per forward pass.")
     per_prompt: int = Field(1, ge=1, description="Images per prompt.")
@@ -331,7 +349,10 @@ class Recipe(Section):
             raise ValueError(f"coldstart.steps ({self.coldstart.steps}) exceeds train.steps ({self.train.steps})")
         if self.rl.algorithm == "grpo" and self.student.steps < 2:
             raise ValueError("rl.algorithm grpo needs a multi-step student (student.steps >= 2): a 1-step student has "
-                             "no stochastic transition to take log-probabilities of; use refl or dpo")
+                             "no stochastic transition to take log-probabilities of; use refl")
+        if self.rl.algorithm == "dpo" and self.student.steps < 2:
+            raise ValueError("rl.algorithm dpo needs a multi-step student (student.steps >= 2): a 1-step student is "
+                             "only ever fed pure noise, never the renoised samples DPO trains on; use refl")
         return self
 
     @property

@@ -4,7 +4,7 @@ Every branch sees the same things the DMD loss sees (the family adapter, the sco
 generator's x0 and the prompts) and never asks which family it has.
 - ReFL: rewards on the decoded x0 that also feeds L_dmd (the DMDR authors' main variant).
 - DPO: K samples per prompt, best vs worst by reward, Diffusion-DPO on the generator used as a
-  denoiser at its own student times (errors measured in x0 space).
+  denoiser at its own student times after the first (errors measured in x0 space).
 - GRPO: K sde trajectories per prompt, group-normalised advantages, PPO-clipped likelihood ratio of the
   Gaussian renoise transitions (Flow-GRPO / DanceGRPO construction).
 """
@@ -18,7 +18,7 @@ import torch
 from ..errors import DmdrError
 from ..families.base import Cond
 from ..families.schedules import _bcast
-from ..rewards.loss import combined_reward_loss
+from ..rewards.loss import combined_reward_loss, effective_prefix, with_prefix
 from ..sampling import sample
 from .dpo import dpo_loss, per_sample_error, pick_pairs
 from .grpo import gaussian_kl, gaussian_logprob, group_advantages, grpo_loss, sde_transition
@@ -30,6 +30,8 @@ def build_rl_branch(cfg, device: torch.device, stage: str):
     """The recipe's RL branch with its rewards loaded (None for the cold start or rl.algorithm none)."""
     if stage == "coldstart" or cfg.rl.algorithm == "none" or cfg.rl_start >= cfg.train.steps:
         return None
+    if cfg.rl.algorithm == "grpo":
+        _check_grpo_sampler(cfg)  # before the rewards and the teacher load
     from ..rewards.registry import build_reward
 
     _register_builtin_rewards()
@@ -38,6 +40,20 @@ def build_rl_branch(cfg, device: torch.device, stage: str):
                for i, spec in enumerate(cfg.rl.rewards)]
     branch = {"refl": ReFL, "dpo": DPO, "grpo": GRPO}[cfg.rl.algorithm]
     return branch(cfg, rewards, device)
+
+
+def _check_grpo_sampler(cfg) -> None:
+    """GRPO optimises the likelihood of sde transitions: the student must also sample with them."""
+    from ..families import FAMILIES
+
+    sampler = cfg.student.sampler
+    if sampler == "auto":
+        sampler = FAMILIES[cfg.model.family].default_sampler
+    if sampler != "sde":
+        how = f"auto resolves to ode for {cfg.model.family}" if cfg.student.sampler == "auto" else "it is ode"
+        raise DmdrError(f"rl.algorithm grpo optimises the student's sde transitions but student.sampler is not sde "
+                        f"({how}): set student.sampler=sde so the policy trained is the one sampled, or use refl "
+                        f"or dpo")
 
 
 def _register_builtin_rewards() -> None:
@@ -69,13 +85,15 @@ class RLBranch:
         return images
 
     def scores(self, x0: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict]:
-        """Weighted sum of the rewards' scores per sample (no gradient): what DPO and GRPO rank by."""
+        """Weighted sum of the rewards' scores per sample (no gradient): what DPO and GRPO rank by.
+
+        Each reward sees its prompt prefix, as in ReFL's loss (rewards/loss.py)."""
         with torch.no_grad():
             images = self.images(x0)
             total = torch.zeros(len(prompts), device=images.device)
             logged = {}
             for reward, spec in self.rewards:
-                r = reward(images, prompts).float()
+                r = reward(images, with_prefix(prompts, effective_prefix(reward, spec))).float()
                 total = total + spec.weight * r
                 logged[f"reward_{reward.name}"] = r.mean()
         return total, logged
@@ -186,8 +204,9 @@ class DPO(_WithReference):
         rewards, logged = self.scores(samples, group_prompts)
         win, lose = pick_pairs(rewards, K)
         x0_w, x0_l = samples[win], samples[lose]
-        # both noised with the same noise at the same student time (Wallace et al. 2023)
-        j = int(torch.randint(len(ctx.student_times), (), generator=rng.shared("rl_step")))
+        # both noised with the same noise at the same student time (Wallace et al. 2023), at a step after the
+        # first: only there does the sampler feed the student a renoised x0 (step 0 gets pure noise)
+        j = 1 + int(torch.randint(len(ctx.student_times) - 1, (), generator=rng.shared("rl_step")))
         t = torch.full((len(prompts),), ctx.student_times[j], device=x0_g.device)
         n = rng.randn(x0_g.shape[1:], "rl_noise")
         schedule = self.family.schedule
@@ -208,7 +227,7 @@ class GRPO(_WithReference):
     def __init__(self, cfg, rewards, device):
         super().__init__(cfg, rewards, device)
         self.reference_kind = "teacher" if cfg.rl.grpo.kl_weight == 0 else "rl_start"
-        self.batch = None
+        self.batches = []  # (k, rollouts, advantages) of every micro-batch of generator step k
 
     def rollouts(self, ctx, cond, rng):
         """K sde trajectories per prompt: inputs x_j, chosen next states x_{j+1}, old log-probs, final x0."""
@@ -240,14 +259,17 @@ class GRPO(_WithReference):
         for j, (x, x_next) in enumerate(zip(batch["xs"], batch["nexts"])):
             t = torch.full((x.shape[0],), times[j], device=x.device)
             t_next = torch.full_like(t, times[j + 1])
+            x0_ref = None
+            if self.cfg.rl.grpo.kl_weight > 0:  # before the policy forward: backward's recomputation of a
+                #                                 checkpointed forward must find the generator adapter live
+                with torch.no_grad(), ctx.amp():
+                    x0_ref = self.family.predict_x0(self.reference.net(), x, t, batch["cond"]).float()
             with ctx.amp():
                 x0 = self.family.predict_x0(self.nets.as_generator(), x, t, batch["cond"]).float()
             mean, std = sde_transition(self.family.schedule, x0, t_next, self.cfg.rl.grpo.noise_level)
             logp = gaussian_logprob(x_next, mean, std, reduction="mean")
             kl = None
-            if self.cfg.rl.grpo.kl_weight > 0:
-                with torch.no_grad(), ctx.amp():
-                    x0_ref = self.family.predict_x0(self.reference.net(), x, t, batch["cond"]).float()
+            if x0_ref is not None:
                 mean_ref, _ = sde_transition(self.family.schedule, x0_ref, t_next, self.cfg.rl.grpo.noise_level)
                 kl = gaussian_kl(mean, mean_ref, std, reduction="mean")
             loss, stats = grpo_loss(logp, batch["logp_old"][:, j], advantages, self.cfg.rl.grpo.clip, kl,
@@ -262,18 +284,23 @@ class GRPO(_WithReference):
         batch = self.rollouts(ctx, cond, rng)
         rewards, logged = self.scores(batch["x0"], [p for p in prompts for _ in range(K)])
         advantages = group_advantages(rewards, K)
-        self.batch = (batch, advantages)
+        # the micro-batches of this generator step only (an update skipped as non-finite leaves its own behind)
+        self.batches = [b for b in self.batches if b[0] == k] + [(k, batch, advantages)]
         loss, stats = self.policy_loss(ctx, batch, advantages)
         return loss, {**stats, **logged}
 
     def extra_updates(self, ctx, apply_update) -> None:
-        """Epochs 2..E on the same rollouts: they optimise the policy only and do not advance k."""
-        batch, advantages = self.batch
+        """Epochs 2..E on the same rollouts: they optimise the policy only and do not advance k.
+
+        Each epoch accumulates over all micro-batches of the step, as the first update did."""
+        batches, self.batches = self.batches, []
         for _ in range(self.cfg.rl.grpo.epochs - 1):
-            loss, _ = self.policy_loss(ctx, batch, advantages)
-            (self.cfg.rl.weight * loss).backward()
-            apply_update(loss)
-        self.batch = None
+            losses = []
+            for _, batch, advantages in batches:
+                loss, _ = self.policy_loss(ctx, batch, advantages)
+                (self.cfg.rl.weight * loss / len(batches)).backward()
+                losses.append(loss.detach())
+            apply_update(torch.stack(losses).mean())
 
 
 def group_noise(rng, shape, K: int, purpose: str) -> torch.Tensor:

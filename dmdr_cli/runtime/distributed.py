@@ -51,6 +51,18 @@ class Dist:
         torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
         return bool(value.item())
 
+    def gather_rows(self, tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Every process's rows, concatenated in rank order, on every process; rank r holds counts[r] rows
+        (padded to the largest count for the collective). CPU in, CPU out."""
+        if self.world_size == 1:
+            return tensor
+        rows = max(counts)
+        padded = torch.zeros(rows, *tensor.shape[1:], dtype=tensor.dtype, device=self.device)
+        padded[:len(tensor)] = tensor.to(self.device)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, padded)
+        return torch.cat([part[:n] for part, n in zip(parts, counts)]).cpu()
+
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()

@@ -137,3 +137,10 @@ def test_debug_env_shows_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("DMDR_DEBUG", "1")
     res = runner.invoke(app, ["recipe", "validate", str(tmp_path / "nope.yaml")])
     assert res.exit_code != 0 and isinstance(res.exception, RecipeError)
+
+
+def test_fp16_mixed_precision_is_refused_in_one_line(tmp_path):
+    """Without loss scaling the DMD gradient (~grad / numel per element) underflows in fp16."""
+    p = write(tmp_path, {**BASE, "train": {"mixed_precision": "fp16"}})
+    msg = fails(tmp_path, ["recipe", "validate", str(p)])
+    assert "fp16" in msg and "bf16" in msg

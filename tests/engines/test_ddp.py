@@ -34,3 +34,36 @@ def test_two_processes_match_one_at_same_global_batch(tiny_sd, tmp_path):
         wa, wb = weights(one, 2, name), weights(two, 2, name)
         assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < WEIGHT_ATOL
         assert any(not torch.equal(wa[k], weights(one, 1, name)[k]) for k in wa), "weights moved at all"
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_ode_pairs_and_write_them_once(tiny_sd, tmp_path):
+    """Each process makes its shard of the teacher pairs (5 pairs: 3 + 2), they are gathered, and the main
+    process writes the cache: the same pairs as one process makes, and no temporary file left."""
+    from safetensors.torch import load_file
+
+    sections = dict(student={"steps": 1, "timesteps": [0.399]}, coldstart={"steps": 1},
+                    ode_regression={"steps": 1, "pairs": 5, "teacher_steps": 2})
+    one = tmp_path / "one"
+    ok("coldstart", recipe(tmp_path, "sd", tiny_sd, one, train={"steps": 1, "batch_size": 2, "sample_every": 0},
+                           **sections))
+    two = tmp_path / "two"
+    path = recipe(tmp_path, "sd", tiny_sd, two, train={"steps": 1, "batch_size": 1, "sample_every": 0}, **sections)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "dmdr_cli", "coldstart", str(path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    a, b = load_file(str(one / "ode_pairs.safetensors")), load_file(str(two / "ode_pairs.safetensors"))
+    assert torch.equal(a["noise"], b["noise"]) and torch.equal(a["prompt_index"], b["prompt_index"])
+    torch.testing.assert_close(b["target"], a["target"], rtol=1e-5, atol=1e-5)  # batches of 1 vs 2
+    assert not [p.name for p in two.rglob("*tmp*")]
+
+
+def free_port() -> int:
+    """A port no other process listens on now (a fixed one collides with concurrent test runs)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

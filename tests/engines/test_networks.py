@@ -108,3 +108,20 @@ def test_updates_touch_only_their_own_weights(tiny_sd3, finetune):
     assert any(not torch.equal(a, p) for a, p in zip(fake_before, nets.fake_params))
     assert all(torch.equal(a, p) for a, p in zip(gen_mid, nets.generator_params)), "generator untouched"
     assert all(torch.equal(base_before[n], p) for n, p in _base_weights(nets.guidance).items()), "teacher untouched"
+
+
+def test_lora_generator_runs_on_bf16_frozen_weights_without_autocast(tiny_sd3):
+    """mixed_precision: no with bf16 frozen weights: peft casts the bf16 activations to the fp32 adapters
+    (it skips the cast only under autocast), so the LoRA matmuls never mix dtypes and the adapter trains."""
+    cfg = validate({"model": {"family": "sd3", "pretrained": str(tiny_sd3), "resolution": 16, "max_text_tokens": 8},
+                    "student": {"finetune": "lora", "lora_rank": 4, "lora_alpha": 8},
+                    "guidance": {"lora_rank": 4, "lora_alpha": 4}, "train": {"mixed_precision": "no"}})
+    fam = load_family(cfg.model, dtype=torch.bfloat16, with_text_encoders=True, with_vae=False)
+    nets = build_networks(fam.denoiser, cfg, FAMILIES["sd3"])
+    randomize(nets.generator_params)
+    x, t, cond = inputs(fam)
+    out = fam.predict_x0(nets.as_generator(), x, t, cond.to(dtype=torch.bfloat16))
+    out.float().square().mean().backward()
+    assert torch.isfinite(out.float()).all()
+    assert all(p.dtype == torch.float32 for p in nets.generator_params)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets.generator_params)

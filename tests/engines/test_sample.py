@@ -204,3 +204,19 @@ def test_teacher_of_a_run_is_the_bare_teacher_with_the_recipes_settings(student,
     assert (settings["kind"], settings["cfg"], settings["nfe"]) == ("teacher", 7.0, 6)
     assert settings["uncond"] == "empty_prompt"
     np.testing.assert_array_equal(pixels(out / "00000_00.png"), pixels(teacher_samples / "00000_00.png"))
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+def test_student_samples_at_its_own_steps_whatever_sample_steps_says(family, request, tmp_path):
+    """sample.steps is the teacher's (the world recipe sets 25): a 2-step student is drawn at its own 2 steps
+    and trained times unless --steps says otherwise."""
+    from dmdr_cli.evaluate.generators import load_sampler, open_model, sampling_settings
+
+    trained = train(tmp_path / "run", family, request.getfixturevalue(f"tiny_{family}"), finetune="lora", steps=2,
+                    sample={"steps": 25})
+    ref = open_model(str(trained.run))
+    settings = sampling_settings(ref, steps=None, cfg=None, seed=0, height=16, width=16)
+    assert (settings["steps"], settings["nfe"]) == (2, 2)
+    sampler = load_sampler(ref, device=torch.device("cpu"))
+    assert sampler.steps == 2 and sampler.times == pytest.approx(trained.times)
+    assert load_sampler(ref, device=torch.device("cpu"), steps=3).steps == 3

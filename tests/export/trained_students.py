@@ -55,13 +55,13 @@ class Trained:
 
 
 def recipe_for(family: str, teacher: Path, *, finetune: str, steps: int = 4, timesteps=None, sampler: str = "auto",
-               rank: int = 4, alpha: float = 12.0, targets=None):
+               rank: int = 4, alpha: float = 12.0, targets=None, sample: dict | None = None):
     model = {"family": family, "pretrained": str(teacher), "resolution": RESOLUTION, "dtype": "fp32"}
     if family == "sd3":
         model["max_text_tokens"] = T5_TOKENS
     student = {"steps": steps, "timesteps": timesteps, "sampler": sampler, "finetune": finetune,
                "lora_rank": rank, "lora_alpha": alpha, "lora_targets": targets}
-    return validate({"model": model, "student": student, "train": {"steps": 1000}})
+    return validate({"model": model, "student": student, "train": {"steps": 1000}, "sample": sample or {}})
 
 
 def train(run: Path, family_name: str, teacher: Path, *, seed: int = 0, **recipe_fields) -> Trained:

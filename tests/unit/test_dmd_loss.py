@@ -193,3 +193,14 @@ def test_fake_score_loss_is_mse_in_the_family_parameterisation_and_never_reaches
     torch.testing.assert_close(loss, ((noise - x0) ** 2).mean())
     loss.backward()
     assert x0.grad is None and pred.grad is not None
+
+
+def test_an_entry_nonfinite_in_one_score_estimate_gets_no_gradient():
+    """One mask from both estimates: an entry broken in p_fake only must not keep p_real's one-sided pull."""
+    x0_g = torch.zeros(1, 4, requires_grad=True)
+    x0_real = torch.ones(1, 4)
+    x0_fake = torch.tensor([[0.0, 0.0, 0.0, float("nan")]])
+    loss, stats = dmd_loss(x0_g, x0_real, x0_fake, normalize=False)
+    loss.backward()
+    torch.testing.assert_close(x0_g.grad, torch.tensor([[-1.0, -1.0, -1.0, 0.0]]) / 4)
+    torch.testing.assert_close(float(stats["dmd_nonfinite"]), 0.25)
