@@ -14,8 +14,9 @@ A report dict looks like
                  "world-distance": {"samples", "distance", "drift", "features_file", ...}}}
 
 A unit is one prompt, named by its index in the prompt set and its text (`paired.unit_key`), or one DPG item
-id; "features_file" (world_distance_features.npz, next to report.json) holds world-distance's per-image
-features. They are what `--compare` pairs for its B - A intervals (paired_report.py).
+(DPG-Bench: its id; the shapes world: its id and prompt text, world ids being positions); "features_file"
+(world_distance_features.npz, next to report.json) holds world-distance's per-image features. They are what
+`--compare` pairs for its B - A intervals (paired_report.py).
 """
 
 from __future__ import annotations

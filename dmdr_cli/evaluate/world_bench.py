@@ -368,4 +368,6 @@ def dpg_folder(root: str | Path) -> dict:
     report = dpg_report(items, grid_image_paths(root, [as_dpg_item(item) for item in items]))
     return {"scores": dpg_summary(report), "subcategories": report.subcategories, "prompts": report.n_prompts,
             "vqa": f"{DETECTOR} + world/answer.py",
-            "units": {item: 100 * score for item, score in report.per_item.items()}}
+            # per item, 0-100; keyed by id and prompt text: world item ids are positions ("shapes-0003")
+            "units": {unit_key(item["item_id"], item["prompt"]): 100 * report.per_item[item["item_id"]]
+                      for item in items if item["item_id"] in report.per_item}}

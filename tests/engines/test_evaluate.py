@@ -206,7 +206,8 @@ def test_geneval_detector_path_and_its_split(tiny_sd, tiny_mask2former, tiny_cli
     assert single["units"] == expected_units
     merged = [geneval_folder_scores(out, detect, tiny_clip, d, tmp_path / "s", results_file=tmp_path / "split.jsonl")
               for d in fake_processes(monkeypatch, 2)]
-    assert merged[1]["scores"] == single["scores"] and merged[1]["images"] == 12 and merged[1]["units"] == expected_units
+    assert merged[1]["scores"] == single["scores"] and merged[1]["images"] == 12
+    assert merged[1]["units"] == expected_units
     assert (tmp_path / "split.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
 
 

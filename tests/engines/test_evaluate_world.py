@@ -90,7 +90,7 @@ def test_clean_renders_are_perfect_and_at_distance_zero(clean_geneval, clean_dpg
     dpg = report_of(tmp_path / "d")["benches"]["dpg"]
     assert dpg["scores"]["overall"] == 100.0 and set(dpg["scores"]) >= {"overall", "entity", "attribute", "relation"}
     assert all(v == 100.0 for v in dpg["scores"].values()) and dpg["prompts"] == 6
-    assert dpg["units"] == {item["item_id"]: 100.0 for item in world_bench.read_items(clean_dpg)}
+    assert dpg["units"] == {f"{item['item_id']}|{item['prompt']}": 100.0 for item in world_bench.read_items(clean_dpg)}
 
 
 def test_degraded_images_score_worse_and_drift(clean_geneval, degraded_geneval):
@@ -188,7 +188,8 @@ def test_compare_two_world_reports(clean_geneval, degraded_geneval, tmp_path):
     assert geneval["low"] <= geneval["estimate"] <= geneval["high"] < 0 < distance["low"] <= distance["estimate"]
     assert set(rows) == {"world-GenEval", "world distance", *(f"world-GenEval {task}" for task in geneval_tasks(units))}
     markdown = (tmp_path / "cmp" / "report.md").read_text()
-    assert "## B - A, paired" in markdown and f"| world distance | 96 images | {distance['estimate']:+.3f} [" in markdown
+    assert "## B - A, paired" in markdown
+    assert f"| world distance | 96 images | {distance['estimate']:+.3f} [" in markdown
     assert "world-GenEval position" in result.output and table["paired"]["notes"] == []
 
 
