@@ -129,3 +129,32 @@ def test_score_table_keeps_per_prompt_means_in_a_sane_size():
     clip = [v[0] for v in table["prompts"].values()]
     assert np.mean(clip) == pytest.approx(summarize_scores(results, models)["clip"]["mean"], rel=1e-6)
     assert len(json.dumps({"metrics": summarize_scores(results, models), "per_prompt": table}, indent=1)) < 150_000
+
+
+def test_world_distance_pairs_images_by_key_against_as_real_renders(tmp_path):
+    """FD(B, real) - FD(A, real) over the images both feature files hold, A's real renders for both."""
+    from dmdr_cli.evaluate.frechet import frechet_between
+    from dmdr_cli.evaluate.world_bench import FEATURES_FILE
+
+    rng = np.random.default_rng(0)
+    keys = [f"{p:05d}|a cube#{k}" for p in range(20) for k in range(2)]
+    a_gen, real, b_gen = rng.normal(size=(40, 3)), rng.normal(size=(40, 3)), rng.normal(1.0, 1.0, size=(40, 3))
+    sides = []
+    for name, gen, names in (("a", a_gen, keys), ("b", b_gen, keys[:30] + [f"{k}, other" for k in keys[30:]])):
+        section = {"distance": 1.0, "features_file": FEATURES_FILE}
+        folder = write(tmp_path, name, {"subject": {"label": name, "world": True},
+                                        "benches": {"world-distance": section}})
+        np.savez(folder / FEATURES_FILE, generated=gen.astype(np.float32), real=real.astype(np.float32),
+                 keys=np.array(names))
+        sides.append(open_side(folder))
+    paired = paired_differences(*sides)
+    (row,) = paired["rows"]
+    a32, r32, b32 = (x[:30].astype(np.float32).astype(np.float64) for x in (a_gen, real, b_gen))
+    assert row["estimate"] == pytest.approx(frechet_between(b32, r32) - frechet_between(a32, r32), rel=1e-9)
+    assert (row["metric"], row["paired"], row["units"]) == ("world distance", 30, "images")
+    assert 0 < row["low"] <= row["estimate"] <= row["high"]
+    assert paired["notes"] == ["world distance: 30 of 40 (A) / 40 (B) images pair; the interval uses those"]
+
+    (sides[1]["folder"] / FEATURES_FILE).unlink()
+    lines = paired_differences(*sides)["notes"]
+    assert paired_differences(*sides)["rows"] == [] and len(lines) == 1 and "is missing" in lines[0]
