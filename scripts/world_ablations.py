@@ -6,6 +6,8 @@
     python scripts/world_ablations.py run all --jobs 2         # the three sets
     python scripts/world_ablations.py summarize                # docs/results.md's study section + plots
 
+(`pip install -e '.[study]'` adds matplotlib for the plots.)
+
 Every row runs on the shipped recipe as it is (no pinned knob). `run` prints each command and skips
 runs already logged, so an interrupted set continues where it stopped, across sessions: a finished
 run's record (its report's scores with the per-prompt units, its validation curve, its wall time) is
@@ -117,8 +119,27 @@ def make_record(set_name: str, row: str, seed: int, folder: Path, seconds: float
             curves.append({"step": entry["step"], **picked})
     return {"set": set_name, "row": row, "seed": seed, "command": shlex.join(command(set_name, row, seed)),
             "seconds": round(seconds, 1), "student_steps": report["student_steps"],
-            "teacher_steps": report["teacher_steps"], "student": report["student"], "paired": report.get("paired", {}),
-            "teacher": report["teacher"], "validation": validation, "curves": curves}
+            "teacher_steps": report["teacher_steps"], "student": _rounded(report["student"]),
+            "paired": report.get("paired", {}), "teacher": {k: v for k, v in report["teacher"].items() if k != "units"},
+            "validation": validation, "curves": curves}
+
+
+def _rounded(value, digits: int = 5):
+    """Per-prompt scores to 5 digits: a record stays small enough to commit, the intervals do not move."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def save_teacher(report: dict) -> None:
+    """The teacher's scores with its per-prompt units, once for the study (every run reads the same cache)."""
+    path = RECORDS / "teacher.json"
+    if not path.is_file():
+        path.write_text(json.dumps({"teacher_steps": report["teacher_steps"], "teacher": _rounded(report["teacher"])}) + "\n")
 
 
 def run_one(set_name: str, row: str, seed: int) -> None:
@@ -141,6 +162,7 @@ def run_one(set_name: str, row: str, seed: int) -> None:
         log.write(json.dumps({"set": set_name, "row": row, "seed": seed, "seconds": round(seconds, 1), "exit": code}) + "\n")
     if code == 0 and (folder / "report" / "report.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
+        save_teacher(json.loads((folder / "report" / "report.json").read_text()))
         target.write_text(json.dumps(make_record(set_name, row, seed, folder, seconds)) + "\n")
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     print(f"{'done' if code == 0 else f'FAILED ({code})'}: {set_name}/{row} seed {seed} in {seconds / 60:.1f} min", flush=True)
@@ -192,7 +214,7 @@ def pooled_intervals(found: list[dict]) -> dict[str, str]:
 
     from dmdr_cli.evaluate.paired import paired_mean_difference
 
-    teacher = found[0]["teacher"].get("units", {})
+    teacher = json.loads((RECORDS / "teacher.json").read_text())["teacher"].get("units", {})
     per_seed = [r["student"].get("units", {}) for r in found]
     out = {}
     for name, digits in (("geneval", 3), ("dpg", 1), ("reward", 3)):
