@@ -168,7 +168,9 @@ class TrainSection(Section):
     batch_size: int = Field(4, ge=1, le=1024, description="Prompts per process per inner step.")
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per update (the fake/generator ratio is kept).")
     lr_generator: float = Field(1e-6, gt=0, le=1, description="Generator learning rate.")
-    lr_guidance: float = Field(5e-7, gt=0, le=1, description="Fake-score (guidance LoRA) learning rate.")
+    lr_guidance: float = Field(5e-7, gt=0, le=1, description="Fake-score (guidance LoRA) learning rate. It must let the fake score track the generator: "
+                                "watch `fake_to_teacher_loss` (below 1 when it does); the shapes world runs 50x "
+                                "lr_generator, chosen on validation (docs/results.md).")
     optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="AdamW (fused on CUDA) or bitsandbytes 8-bit AdamW.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
