@@ -127,6 +127,13 @@ class ScoreNetworks:
         """What a checkpoint stores: generator and fake-score weights (adapters only where LoRA)."""
         return {"generator": self.generator_state(), "fake": self.fake_state()}
 
+    def trainable_layout(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The tensors `trainable_state` would copy, uncopied: what a checkpoint's names and shapes must match."""
+        gen = (adapter_state(self.generator, GENERATOR) if self.generator_switch is not None
+               else self.generator.state_dict())
+        fake = self.fake_full.state_dict() if self.fake_full is not None else adapter_state(self.guidance, GUIDANCE)
+        return {"generator": gen, "fake": fake}
+
     def generator_state(self) -> dict[str, torch.Tensor]:
         if self.generator_switch is not None:
             return adapter_state(self.generator, GENERATOR)
