@@ -67,7 +67,7 @@ def _check_regular(path: Path, what: str, fix: str) -> None:
         raise DmdrError(f"{_label(what, path)} is not a regular file (a device, pipe or socket): {fix}")
 
 
-def read_bytes(path: Path | str, what: str = "file", fix: str = "check the path") -> bytes:
+def read_bytes(path: Path | str, what: str = "", fix: str = "check the path") -> bytes:
     path = Path(path)
     _check_regular(path, what, fix)
     try:
@@ -76,7 +76,7 @@ def read_bytes(path: Path | str, what: str = "file", fix: str = "check the path"
         raise DmdrError(f"{_label(what, path)} cannot be read ({reason(err)}): {fix}") from None
 
 
-def read_text(path: Path | str, what: str = "file", fix: str = "check the path",
+def read_text(path: Path | str, what: str = "", fix: str = "check the path",
               encoding: str = "utf-8") -> str:
     raw = read_bytes(path, what, fix)
     try:
@@ -87,7 +87,7 @@ def read_text(path: Path | str, what: str = "file", fix: str = "check the path",
                         f"UTF-8, or {fix}") from None
 
 
-def read_json(path: Path | str, what: str = "file", fix: str = "check the path", kind: type | None = None):
+def read_json(path: Path | str, what: str = "", fix: str = "check the path", kind: type | None = None):
     """A JSON file; `kind` (dict or list) is the type its top level must have."""
     text = read_text(path, what, fix)
     try:
@@ -100,7 +100,7 @@ def read_json(path: Path | str, what: str = "file", fix: str = "check the path",
     return data
 
 
-def read_jsonl(path: Path | str, what: str = "file", fix: str = "check the path") -> list[dict]:
+def read_jsonl(path: Path | str, what: str = "", fix: str = "check the path") -> list[dict]:
     """One JSON object per non-blank line."""
     rows = []
     for number, line in enumerate(read_text(path, what, fix).splitlines(), 1):
