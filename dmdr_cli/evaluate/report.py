@@ -16,9 +16,9 @@ A report dict looks like
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..runtime import files
 from ..errors import DmdrError
 from .sample_sets import SAMPLES_FILE, grid_of, read_samples_jsonl, sample_groups, save_atomic, write_grid
 
@@ -78,7 +78,8 @@ def write_report(folder: Path, report: dict) -> list[Path]:
             if path is not None:
                 grids[bench] = samples
                 written.append(path)
-    (folder / REPORT_MD).write_text(_markdown(report, chart is not None, list(grids)), encoding="utf-8")
+    files.write_text_atomic(folder / REPORT_MD, _markdown(report, chart is not None, list(grids)),
+                            what="the report", fsync=False)
     written.append(folder / REPORT_MD)
     if chart is not None:
         written.append(chart)
@@ -151,9 +152,7 @@ def _bench_details(b: dict) -> list[str]:
 
 
 def _write_json(path: Path, data: dict) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    files.write_text_atomic(path, json.dumps(data, indent=1) + "\n", what="the report", fsync=False)
     return path
 
 

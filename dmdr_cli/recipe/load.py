@@ -54,7 +54,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 def parse_yaml(text: str):
     """`yaml.safe_load` that refuses duplicated keys (DuplicateKeyError)."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    loader = UniqueKeyLoader(text)  # a SafeLoader: what yaml.safe_load does, with the duplicate check
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
