@@ -152,6 +152,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                       sampler=sampler, uncond=uncond.to(device))
 
     # ---- the run folder is created only now: bad input above leaves nothing behind ----------------
+    fault_point("before-run-open")
     run.open(recipe_yaml=to_yaml(cfg), is_main=dist.is_main)
     # a write that fails from here on (disk full) is one line; a new run that fails before its first checkpoint
     # leaves no folder behind
