@@ -134,12 +134,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         start = apply_init(init, nets)
         console.print(f"initialised from {init} (generator step counter at {start})")
     finishing = start == total_steps and resume_from is not None  # a retried job whose last step is done
+    if finishing and dist.is_main:  # the pruning its last checkpoint write may not have reached
+        ckpt.prune(run.path / "checkpoints", cfg.train.keep_checkpoints)
     if finishing and is_done(run.path, start):  # and everything after it written: done, not wrong
-        if dist.is_main:  # the pruning its last checkpoint write may not have reached
-            ckpt.prune(run.path / "checkpoints", cfg.train.keep_checkpoints)
         console.print(f"the run is complete at generator step {start}: nothing to do")
         return run.path
-    if finishing:
+    if finishing:  # killed after its last checkpoint: what it writes afterwards is written now
         console.print(f"the run's last step ({start}) is done but not what it writes afterwards: writing it now")
     elif start >= total_steps:
         raise DmdrError(f"the run is already at generator step {start} >= {total_steps}: raise train.steps "

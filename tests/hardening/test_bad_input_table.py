@@ -104,7 +104,9 @@ def _user_mistakes(tmp: Path, ckpt: Path) -> None:
     (tmp / "badteacher" / "model_index.json").write_text("{oops")
     (tmp / "listteacher").mkdir()
     (tmp / "listteacher" / "model_index.json").write_text("[1, 2]")
-    assert teacher.is_dir()
+    shutil.copytree(teacher, tmp / "cutteacher")
+    weights = next((tmp / "cutteacher" / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
     # a checkpoint of $RECIPE itself (its recipe.yaml), for --resume with changed keys
     same = tmp / "same" / "checkpoints" / ckpt.name
     shutil.copytree(ckpt, same)
