@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 from ..errors import DmdrError
@@ -102,6 +103,15 @@ class RunFolder:
     def discard(self, remove_lock: bool = True) -> None:
         """Undo `open` for a run that failed before its first checkpoint: the recipe copy, the lock file (when this
         run made it) and the folders it made go; a folder holding anything else stays."""
+        if self._key not in _held and self._created and remove_lock and self.lock.exists():
+            # released on the way out (preemption's handler): take it again, so that no run can hold the file
+            # this one unlinks; one that took it meanwhile keeps it (and the folder)
+            with contextlib.suppress(OSError):
+                fd = os.open(self.lock, os.O_RDWR)
+                if fcntl is None or _try_exclusive(fd):
+                    _held[self._key] = fd
+                else:
+                    os.close(fd)
         locked = self._key in _held
         if self._wrote_recipe and not _has_checkpoint(self.path):
             with contextlib.suppress(OSError):
@@ -134,8 +144,10 @@ class RunFolder:
         fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
         holder = _holder(fd)
         if not _take(fd, shared, holder):
+            holder = _holder(fd)  # read again: the holder may have written its pid while we waited
             os.close(fd)
-            raise DmdrError(f"output folder {self.path} is in use by another dmdr run (pid {holder}): wait for it, "
+            who = f"pid {holder}" if holder > 0 else "just starting"
+            raise DmdrError(f"output folder {self.path} is in use by another dmdr run ({who}): wait for it, "
                             f"or choose another output.dir")
         return fd
 
@@ -161,16 +173,32 @@ class RunFolder:
                 signal.signal(sig, handler)
 
 
+def _try_exclusive(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+PROBE_GRACE_S = 2.0  # how long `open` retries a taken lock: other runs' probes hold theirs for microseconds
+
+
 def _take(fd: int, shared: bool, holder: int) -> bool:
-    """Lock `fd`; False when a live process holds the lock."""
+    """Lock `fd`; False when a live process holds the lock. The exclusive lock is retried for a moment: a run
+    starting at the same time may be probing (a shared lock, released at once), which must not refuse it."""
     if fcntl is not None:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        except OSError:  # a filesystem without flock (some network mounts): the recorded pid decides
-            pass
+        deadline = time.monotonic() + (0 if shared else PROBE_GRACE_S)
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.02)
+            except OSError:  # a filesystem without flock (some network mounts): the recorded pid decides
+                break
     return holder in (-1, os.getpid()) or not _pid_alive(holder)
 
 

@@ -162,7 +162,7 @@ def test_yaml_merge_keys_still_merge():
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["recipe", "validate", "DUP"], "error: recipe 'DUP' sets train twice (lines 2 and 4); YAML would silently keep "
+    (["recipe", "validate", "DUP"], "error: recipe 'DUP' sets train twice (lines 1 and 3); YAML would silently keep "
                                     "the second: merge them into one"),
     (["distill", "/proc/self/mem"], "error: recipe '/proc/self/mem' cannot be read (input/output error): give the "
                                     "path of a readable YAML file"),
