@@ -193,9 +193,14 @@ def open_side(folder: Path) -> dict:
     """A report folder (report.json) or an image folder (samples.jsonl) -> {"label", "report", "samples"}."""
     folder = Path(folder)
     if (folder / REPORT_JSON).is_file():
-        report = json.loads((folder / REPORT_JSON).read_text())
-        samples = {b: Path(d["samples"]) for b, d in report["benches"].items() if d.get("samples")}
-        return {"label": report["subject"]["label"], "report": report, "samples": samples}
+        fix = "evaluate it again to rewrite the report"
+        report = files.read_json(folder / REPORT_JSON, "--compare: report", kind=dict, fix=fix)
+        try:
+            samples = {b: Path(d["samples"]) for b, d in report["benches"].items() if d.get("samples")}
+            return {"label": str(report["subject"]["label"]), "report": report, "samples": samples}
+        except (KeyError, TypeError, AttributeError):
+            raise DmdrError(f"--compare: {folder / REPORT_JSON} is not a dmdr report (no benches and subject): "
+                            f"{fix}") from None
     if (folder / SAMPLES_FILE).is_file():
         return {"label": folder.name, "report": None, "samples": {"images": folder}}
     raise DmdrError(f"--compare {folder}: neither a report folder (report.json) nor an image folder written by "

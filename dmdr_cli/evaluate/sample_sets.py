@@ -198,7 +198,7 @@ def check_settings(out: Path, settings: dict) -> None:
             raise DmdrError(f"--out {out} exists, is not empty and holds no {SETTINGS_FILE}: it is not a `dmdr sample` "
                             f"folder; choose another --out")
         return
-    saved = files.read_json(saved_file, fix="delete the folder to start over")
+    saved = files.read_json(saved_file, kind=dict, fix="delete the folder to start over")
     for key in sorted(set(saved) | set(settings)):
         if saved.get(key) != settings.get(key):
             raise DmdrError(f"--out {out} holds samples made with {key}={saved.get(key)!r}, not {settings.get(key)!r}: "

@@ -134,6 +134,11 @@ def _user_mistakes(tmp: Path, ckpt: Path) -> None:
     (tmp / "samples" / "emptypng" / "0.png").write_bytes(b"")
     (tmp / "samples" / "missingpng" / "samples.jsonl").write_text(json.dumps({**row, "file": "1.png"}) + "\n")
     (tmp / "samples" / "nofile" / "samples.jsonl").write_text(json.dumps({"prompt": "a cat"}) + "\n")
+    (tmp / "samples" / "settingslist").mkdir()
+    (tmp / "samples" / "settingslist" / "sample_settings.json").write_text("[1, 2]")
+    for name, text in (("badreport", "{oops"), ("listreport", '{"benches": [1]}')):
+        (tmp / "reports" / name).mkdir(parents=True)
+        (tmp / "reports" / name / "report.json").write_text(text)
 
 
 def run_row(row: dict, places: dict[str, str]):
