@@ -85,6 +85,10 @@ def open_checkpoint(spec: str | Path) -> ExportSource:
     if family != recipe.model.family:
         raise DmdrError(f"{checkpoint}: state.json says family {family!r} but recipe.yaml says "
                         f"{recipe.model.family!r}: the checkpoint folder was assembled from two runs")
+    if fmt == "full":  # names and shapes against the teacher's own weight headers, before either loads
+        from ..engines.plan import denoiser_shapes
+
+        compat.check_full_generator(info, denoiser_shapes(recipe), recipe.model.pretrained)
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
     return ExportSource(checkpoint=checkpoint, run_dir=run_dir, recipe=recipe, state=state,
                         lora=_lora_spec(state, recipe) if fmt == "lora" else None)

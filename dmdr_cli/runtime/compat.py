@@ -175,6 +175,23 @@ def check_tensors(info: CheckpointInfo, expected: dict[str, dict], flag: str) ->
                 raise damaged(info.path, f"{stem}.safetensors tensor {name} is {got['dtype']}, not floating point")
 
 
+def check_full_generator(info: CheckpointInfo, teacher_shapes: dict[str, list[int]] | None, teacher: str) -> None:
+    """A full generator's tensor names and shapes against the teacher denoiser's safetensors headers (None: the
+    teacher is not on local disk, nothing to compare before loading)."""
+    if teacher_shapes is None:
+        return
+    header = info.headers.get("generator", {})
+    missing = sorted(set(teacher_shapes) - set(header))
+    extra = sorted(set(header) - set(teacher_shapes))
+    wrong = sorted(n for n in set(header) & set(teacher_shapes) if header[n]["shape"] != list(teacher_shapes[n]))
+    if missing or extra or wrong:
+        example = (wrong or missing or extra)[0]
+        detail = (f"{example} has shape {header[example]['shape']}, the teacher's {list(teacher_shapes[example])}"
+                  if wrong else f"{len(missing)} missing and {len(extra)} unexpected tensors, e.g. {example}")
+        raise DmdrError(f"checkpoint {info.path}: generator.safetensors does not fit the teacher {teacher} ({detail}): "
+                        f"check model.pretrained in the checkpoint's recipe.yaml")
+
+
 def check_float_tensors(info: CheckpointInfo, stem: str = "generator") -> None:
     """Every tensor of `stem` is floating point (an export of int64 weights would round them silently)."""
     bad = sorted((n, h["dtype"]) for n, h in info.headers.get(stem, {}).items() if h["dtype"] not in FLOAT_DTYPES)

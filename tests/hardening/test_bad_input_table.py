@@ -112,6 +112,11 @@ def _user_mistakes(tmp: Path, ckpt: Path) -> None:
     shutil.copytree(ckpt, same)
     (same / "recipe.yaml").write_text(to_yaml(load_recipe(tmp / "recipe.yaml")))
     (same.parent / "latest").write_text(ckpt.name + "\n")
+    reshaped = tmp / "reshaped"  # $RECIPE's checkpoint with one generator tensor of another shape
+    shutil.copytree(same, reshaped)
+    tensors = load_file(str(reshaped / "generator.safetensors"))
+    tensors["conv_in.weight"] = torch.zeros(tensors["conv_in.weight"].shape[0], 3, 3, 3)
+    save_file(tensors, str(reshaped / "generator.safetensors"))
     for name in ("emptystate", "liststate", "nofake", "int64", "truncated"):
         shutil.copytree(ckpt, tmp / name)
     (tmp / "emptystate" / "state.json").write_text("{}")
