@@ -10,13 +10,14 @@ decides: a lock whose pid is dead is taken over.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
 from pathlib import Path
 
 from ..errors import DmdrError
-from .files import check_output_dir, remove, read_json, write_error, write_text_atomic
+from .files import check_output_dir, read_json, remove, write_error, write_text_atomic
 
 try:
     import fcntl
@@ -230,8 +231,6 @@ class _Preemption:
 def mark_done(run_dir: Path, step: int, stage: str, outputs: list[str]) -> None:
     """Record that the run wrote everything it promises after generator step `step` (its final checkpoint,
     sample grid and end-of-run reports): written last, so a run killed before has no done.json."""
-    import json
-
     write_text_atomic(Path(run_dir) / DONE_FILE, json.dumps({"step": step, "stage": stage, "outputs": outputs},
                                                           indent=1, sort_keys=True) + "\n", what="done.json")
 
