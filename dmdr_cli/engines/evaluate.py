@@ -322,9 +322,11 @@ def _record_in_run(subject: Subject, report_dir: Path, report: dict) -> None:
     if ref is None or ref.kind != "student" or ref.run_dir is None:
         return
     folder = ref.run_dir / "eval"
-    folder.mkdir(exist_ok=True)
+    with files.cleanup_on_failure(what="the run's eval folder", target=folder):
+        folder.mkdir(exist_ok=True)
     numbers = {k: v for k, v in reports.headline(report).items() if v is not None}
-    (folder / f"{report_dir.name}.json").write_text(json.dumps(numbers, indent=1) + "\n")
+    files.write_text_atomic(folder / f"{report_dir.name}.json", json.dumps(numbers, indent=1) + "\n",
+                            what="the run's eval record", fsync=False)
 
 
 def _print_headline(report: dict, report_dir: Path, console: Console) -> None:

@@ -1,14 +1,14 @@
 """Every file a command reads or writes, through one set of checks.
 
-Reads (`read_bytes`, `read_text`, `read_json`, `read_jsonl`, `read_yaml_text`, `open_image`,
-`safetensors_header`, `load_tensors`) turn whatever the OS or a format library raises (permissions, a folder
-or a device file where a file was expected, an I/O error, undecodable text, broken JSON, an image PIL cannot
-decode, a truncated safetensors file) into one `DmdrError` line naming the path and the fix.
+Reads (`read_bytes`, `read_text`, `read_json`, `read_jsonl`, `open_image`, `safetensors_header`) turn whatever
+the OS or a format library raises (permissions, a folder or a device file where a file was expected, an I/O
+error, undecodable text, broken JSON, an image PIL cannot decode, a truncated safetensors file) into one
+`DmdrError` line naming the path and the fix.
 
-Outputs are checked before anything loads (`check_output_dir`, `check_output_file`: a file where a folder is
-needed or the reverse, a parent that cannot be created, no write permission, too little free space), and
-writes go through `atomic_file` / `cleanup_on_failure`, which remove their temporary files on every failure
-and turn a failed write (ENOSPC, EACCES, EIO) into one line too.
+Outputs are checked before anything loads (`check_output_dir`: a file where a folder is needed, a parent that
+cannot be created, no write permission, too little free space), and writes go through `atomic_file` /
+`cleanup_on_failure`, which remove their temporary files on every failure and turn a failed write (ENOSPC,
+EACCES, EIO) into one line too.
 """
 
 from __future__ import annotations
@@ -187,18 +187,6 @@ def safetensors_header(path: Path | str, what: str = "weights file",
     return tensors
 
 
-def load_tensors(path: Path | str, what: str = "weights file", fix: str = "the file is damaged; use another copy"):
-    """A safetensors file's tensors (CPU), its header checked first."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    safetensors_header(path, what, fix)
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise DmdrError(f"{_label(what, path)} is damaged ({reason(err)}): {fix}") from None
-
-
 # ---------------------------------------------------------------------------------------------------
 # Outputs.
 
@@ -220,18 +208,6 @@ def check_output_dir(path: Path | str, what: str = "output folder", fix: str = "
         raise DmdrError(f"{_label(what, path)} cannot be created: {base} is a file, not a folder: {fix}")
     _probe_writable(base, path, what, fix)
     _check_free(base, path, what, fix, min_free)
-    return path
-
-
-def check_output_file(path: Path | str, what: str = "output file", fix: str = "choose another path",
-                      min_free: int = MIN_FREE_BYTES) -> Path:
-    """A file path whose folder exists or can be created and is writable; an existing folder is refused."""
-    path = Path(path).expanduser().absolute()
-    if path.is_dir():
-        raise DmdrError(f"{_label(what, path)} is a folder, not a file: {fix}")
-    if os.path.lexists(path) and not path.is_file():
-        raise DmdrError(f"{_label(what, path)} is not a regular file: {fix}")
-    check_output_dir(path.parent, what=f"the folder of {what}", fix=fix, min_free=min_free)
     return path
 
 
