@@ -66,6 +66,10 @@ def _train_command(stage: str):
                                                                 "or a LoRA file."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run: 'latest' or a checkpoint path."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (overrides output.dir)."),
+        allow_recipe_change: bool = typer.Option(
+            False, "--allow-recipe-change",
+            help="--resume with a changed student.steps, train.seed, batch size (keys that break exact resume): "
+                 "continue anyway and record the change in the run log."),
     ):
         from .recipe import load_recipe
 
@@ -80,7 +84,8 @@ def _train_command(stage: str):
             return
         from .engines.train import run_training
 
-        run_training(cfg, stage=stage, init=init, resume=resume, console=console)
+        run_training(cfg, stage=stage, init=init, resume=resume, console=console,
+                     allow_recipe_change=allow_recipe_change)
 
     return command
 

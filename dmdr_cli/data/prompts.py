@@ -7,12 +7,14 @@ so resuming a run replays exactly the prompts the uninterrupted run would have s
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..errors import DmdrError
+from ..runtime.files import read_bytes
 
 BUILTIN: dict[str, Callable[[], list[str]]] = {}
 
@@ -38,14 +40,15 @@ def read_prompts(spec: str) -> list[str]:
                             f"{', '.join('builtin:' + n for n in sorted(BUILTIN))} or give a text file")
         return BUILTIN[name]()
     path = Path(spec)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise DmdrError(f"prompt file {spec!r} does not exist: give a text file with one prompt per line, "
                         f"or a built-in set such as builtin:demo")
     return _read_lines(path, spec)
 
 
 def _read_lines(path: Path, label: str) -> list[str]:
-    raw = path.read_bytes()
+    raw = read_bytes(path, f"prompt file {label!r}",
+                     fix="give a text file with one prompt per line")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

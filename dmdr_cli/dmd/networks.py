@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import DmdrError
+
 from ..runtime.precision import autocast_dtype
 
 GENERATOR, GUIDANCE = "generator", "guidance"
@@ -125,6 +127,13 @@ class ScoreNetworks:
         """What a checkpoint stores: generator and fake-score weights (adapters only where LoRA)."""
         return {"generator": self.generator_state(), "fake": self.fake_state()}
 
+    def trainable_layout(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The tensors `trainable_state` would copy, uncopied: what a checkpoint's names and shapes must match."""
+        gen = (adapter_state(self.generator, GENERATOR) if self.generator_switch is not None
+               else self.generator.state_dict())
+        fake = self.fake_full.state_dict() if self.fake_full is not None else adapter_state(self.guidance, GUIDANCE)
+        return {"generator": gen, "fake": fake}
+
     def generator_state(self) -> dict[str, torch.Tensor]:
         if self.generator_switch is not None:
             return adapter_state(self.generator, GENERATOR)
@@ -173,12 +182,38 @@ def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None
                          f"unexpected keys (e.g. {example})")
 
 
+def lora_module_names(model: torch.nn.Module) -> list[str]:
+    """The short names of the layers a LoRA can adapt (Linear and Conv layers), sorted."""
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Embedding)
+    def short(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
+
+    return sorted({short(name) for name, m in model.named_modules() if name and isinstance(m, kinds)})
+
+
+def check_lora_targets(model: torch.nn.Module, targets: list[str], key: str) -> None:
+    """Every target must name at least one layer as peft matches them (the full name, or its last parts), so
+    a typo is one line listing the valid names instead of peft's traceback."""
+    names = [name for name, _ in model.named_modules() if name]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        valid = lora_module_names(model)
+        shown = ", ".join(valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
+        raise DmdrError(f"{key}: {', '.join(map(repr, unmatched))} match{'es' if len(unmatched) == 1 else ''} no "
+                        f"layer of the {type(model).__name__}; valid names: {shown}")
+
+
 def build_networks(teacher: torch.nn.Module, cfg, family_cls) -> ScoreNetworks:
     """Turn the loaded teacher denoiser into the generator / real / fake roles the recipe asks for."""
     teacher.requires_grad_(False)
     s, g = cfg.student, cfg.guidance
     gen_targets = s.lora_targets or list(family_cls.generator_lora_targets)
     gui_targets = g.lora_targets or list(family_cls.guidance_lora_targets)
+    if s.finetune == "lora":
+        check_lora_targets(teacher, gen_targets, "student.lora_targets")
+    if g.layout != "dmd2":
+        check_lora_targets(teacher, gui_targets, "guidance.lora_targets")
 
     # A full generator is copied before any adapter is attached, so it starts as the plain teacher.
     generator = None if s.finetune == "lora" else _trainable_copy(teacher)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.checkpoint import as_os_errors
+from ..runtime.files import atomic_file
+
 from ..errors import DmdrError
 from ..families.base import Guidance
 from ..sampling import teacher_sample
@@ -66,9 +69,9 @@ def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, 
                  for k, v in pairs.items()}
     if rank == 0:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.tmp-rank{rank}")
-        save_file(pairs, str(tmp))
-        tmp.replace(cache)
+        with atomic_file(cache, "the ODE pair cache", convert=False) as tmp:
+            with as_os_errors():
+                save_file(pairs, str(tmp))
     if dist is not None:
         dist.barrier()  # the cache is complete before any process goes on (or a resume reads it)
     return pairs

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.files import atomic_file, write_text_atomic
+
 from ..sampling import sample
 from .randomness import keyed_generator
 
@@ -54,10 +56,10 @@ def student_images(ctx, cond, seed: int, tag: str = "grid", batch: int = 64) -> 
 def save_sample_grid(ctx, prompts: list[str], cond, folder: Path, step: int, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:06d}.png"
-    tmp = folder / f".step-{step:06d}.png.tmp"
-    grid_image(student_images(ctx, cond, seed)).save(tmp, format="PNG")
-    tmp.replace(path)
-    (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    image = grid_image(student_images(ctx, cond, seed))
+    with atomic_file(path, "the sample grid", convert=False) as tmp:  # no temporary file outlives a failure
+        image.save(tmp, format="PNG")
+    write_text_atomic(folder / "prompts.txt", "\n".join(prompts) + "\n", fsync=False, convert=False)
     return path
 
 

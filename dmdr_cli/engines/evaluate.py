@@ -24,6 +24,7 @@ from rich.table import Table
 
 from .. import __version__
 from ..errors import DmdrError
+from ..runtime import files
 from ..evaluate import report as reports
 from ..evaluate import sample_sets, world_bench
 from ..evaluate.paired_report import paired_differences
@@ -89,6 +90,7 @@ def _images_subject(images: Path, options: EvaluateOptions) -> Subject:
         raise DmdrError(f"--images {images} holds no images ({', '.join(IMAGE_SUFFIXES)}): point it at a folder "
                         f"written by `dmdr sample`")
     settings = sample_sets.read_settings(images)
+    check_image_folder(images)
     world = options.world
     if world is None:
         world = settings.get("world") if "world" in settings else _looks_like_world(images)
@@ -96,11 +98,33 @@ def _images_subject(images: Path, options: EvaluateOptions) -> Subject:
     return Subject(label=images.name, world=bool(world), images=images, info=info)
 
 
+def check_image_folder(folder: Path) -> None:
+    """Before any judge loads: samples.jsonl (when there) parses and lists files that exist, and every image in the
+    folder decodes far enough to be verified (a corrupt, empty or truncated PNG is one line, not a traceback)."""
+    from PIL import Image
+
+    fix = "re-run `dmdr sample` into the folder to redraw it, or delete it"
+    if (folder / sample_sets.SAMPLES_FILE).exists():
+        for row in sample_sets.read_samples_jsonl(folder):
+            path = folder / row["file"]
+            if not path.is_file():
+                raise DmdrError(f"{folder / sample_sets.SAMPLES_FILE} lists {row['file']}, which is not in {folder}: "
+                                f"{fix}")
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # PIL raises many kinds (OSError, SyntaxError, ValueError, struct.error)
+            detail = "it is empty" if path.stat().st_size == 0 else files.reason(err)
+            raise DmdrError(f"image {path} is not a readable image ({detail}): {fix}") from None
+
+
 def _looks_like_world(folder: Path) -> bool:
     if (folder / world_bench.ITEMS_FILE).is_file():
         return True
     metadata = sorted(folder.glob("[0-9]*/metadata.jsonl"))[:1]
-    return bool(metadata) and world_bench.is_world_metadata([json.loads(metadata[0].read_text())])
+    return bool(metadata) and world_bench.is_world_metadata([files.read_json(metadata[0], "GenEval metadata",
+                                                                             fix="the folder is damaged")])
 
 
 def default_report_dir(model: str | None, images: Path | None) -> Path:
@@ -266,6 +290,7 @@ def run_evaluate(*, model: str | None = None, images: Path | None = None, report
     subject = _model_subject(model, options) if model is not None else _images_subject(Path(images), options)
     _check_inputs(subject, benches, options)
     report_dir = Path(report_dir) if report_dir is not None else default_report_dir(model, images)
+    files.check_output_dir(report_dir, "--report", fix="choose another --report folder")
     dist = dist or Dist.create()
     device = dist.device if options.sample.device is None else options.sample.device
     import torch
@@ -299,9 +324,11 @@ def _record_in_run(subject: Subject, report_dir: Path, report: dict) -> None:
     if ref is None or ref.kind != "student" or ref.run_dir is None:
         return
     folder = ref.run_dir / "eval"
-    folder.mkdir(exist_ok=True)
+    with files.cleanup_on_failure(what="the run's eval folder", target=folder):
+        folder.mkdir(exist_ok=True)
     numbers = {k: v for k, v in reports.headline(report).items() if v is not None}
-    (folder / f"{report_dir.name}.json").write_text(json.dumps(numbers, indent=1) + "\n")
+    files.write_text_atomic(folder / f"{report_dir.name}.json", json.dumps(numbers, indent=1) + "\n",
+                            what="the run's eval record", fsync=False)
 
 
 def _print_headline(report: dict, report_dir: Path, console: Console) -> None:

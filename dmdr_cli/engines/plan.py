@@ -6,8 +6,6 @@ for SD3.5-Large.
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 from rich.console import Console
@@ -15,16 +13,15 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from ..recipe import Recipe, to_yaml
+from ..runtime.files import safetensors_header
 
 DENOISER_FOLDERS = {"sd": "unet", "sdxl": "unet", "sd3": "transformer"}
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor shapes from a .safetensors header, without reading the tensors."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+    """Tensor shapes from a .safetensors header, without reading the tensors (a damaged file: one line)."""
+    header = safetensors_header(path, "model weights", fix="the model folder is damaged; download it again")
+    return {k: v["shape"] for k, v in header.items()}
 
 
 def denoiser_shapes(cfg: Recipe) -> dict[str, list[int]] | None:

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from ..errors import DmdrError
+from ..runtime.files import check_output_dir
 from ..evaluate import sample_sets
 from ..evaluate.generators import ModelRef, load_sampler, open_model, sampling_settings
 from ..evaluate.sample_sets import SampleSet
@@ -128,6 +129,7 @@ def run_sample(model: str, out: Path, *, prompts: tuple[list[str], str] | None =
                 "set": sample_set.kind, "prompts": sample_set.source, "prompts_sha1": sample_set.fingerprint(),
                 "per_prompt": sample_set.per_prompt}
     sample_sets.check_settings(out, settings)
+    check_output_dir(out, "--out", fix="choose another --out folder")
     dist = dist or Dist.create()
     if options.device is not None:
         dist = Dist(dist.rank, dist.world_size, torch.device(options.device))

@@ -22,7 +22,8 @@ from ..runtime.distributed import Dist
 from ..runtime.faults import fault_point, inject_nan
 from ..runtime.monitor import MetricsLog, StepProgress
 from ..runtime.precision import autocast_dtype, frozen_dtype, make_optimizer, setup_backends
-from ..runtime.rundir import RunFolder
+from ..runtime import compat
+from ..runtime.rundir import RunFolder, is_done, mark_done
 from ..dmd.networks import build_networks
 from ..dmd.ode_regression import make_pairs, regression_loss
 from ..dmd.randomness import StepRandomness, key_seed, keyed_generator
@@ -66,7 +67,8 @@ def apply_update(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, c
     return ok, float(norm)
 
 
-def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | None, console: Console) -> Path:
+def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | None, console: Console,
+                 allow_recipe_change: bool = False) -> Path:
     dist = Dist.create()
     device = dist.device
     setup_backends(device)
@@ -80,6 +82,15 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     val_prompts = val_prompts[: cfg.data.num_validation]
     run = RunFolder(Path(cfg.output.dir), resume=resume is not None)
     resume_from = ckpt.resolve_checkpoint(resume, run.path) if resume else None
+    # the checkpoint to load, against the recipe, from its own recipe.yaml, state.json and tensor headers
+    loaded = None
+    recipe_changes: list[str] = []
+    if resume_from is not None:
+        loaded = compat.inspect(resume_from)
+        recipe_changes = compat.check_against_recipe(loaded, cfg, mode="resume", allow_change=allow_recipe_change)
+    elif init and Path(init).is_dir():
+        loaded = compat.inspect(ckpt.resolve_checkpoint(init, Path(init)))
+        compat.check_against_recipe(loaded, cfg, mode="init")
 
     # ---- models ----------------------------------------------------------------------------------
     from ..families import FAMILIES, load_family
@@ -113,6 +124,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     if rl_branch is not None:
         rl_branch.attach(family, nets)
 
+    if loaded is not None:  # names and shapes against the networks just built, before a tensor is read
+        compat.check_tensors(loaded, nets.trainable_layout(), "--resume" if resume_from is not None else "--init")
     start = 0
     if resume_from is not None:
         start = restore(resume_from, nets, {"generator": opt_g, "fake": opt_f}, rl_branch)
@@ -120,12 +133,15 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     elif init:
         start = apply_init(init, nets)
         console.print(f"initialised from {init} (generator step counter at {start})")
-    if start == total_steps and resume_from is not None:  # a retried job whose run had finished: done, not wrong
-        if dist.is_main:  # the pruning its last checkpoint write may not have reached
-            ckpt.prune(run.path / "checkpoints", cfg.train.keep_checkpoints)
+    finishing = start == total_steps and resume_from is not None  # a retried job whose last step is done
+    if finishing and dist.is_main:  # the pruning its last checkpoint write may not have reached
+        ckpt.prune(run.path / "checkpoints", cfg.train.keep_checkpoints)
+    if finishing and is_done(run.path, start):  # and everything after it written: done, not wrong
         console.print(f"the run is complete at generator step {start}: nothing to do")
         return run.path
-    if start >= total_steps:
+    if finishing:  # killed after its last checkpoint: what it writes afterwards is written now
+        console.print(f"the run's last step ({start}) is done but not what it writes afterwards: writing it now")
+    elif start >= total_steps:
         raise DmdrError(f"the run is already at generator step {start} >= {total_steps}: raise train.steps "
                         f"(or coldstart.steps for `dmdr coldstart`) to continue")
 
@@ -136,149 +152,163 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                       sampler=sampler, uncond=uncond.to(device))
 
     # ---- the run folder is created only now: bad input above leaves nothing behind ----------------
+    fault_point("before-run-open")
     run.open(recipe_yaml=to_yaml(cfg), is_main=dist.is_main)
-    log = MetricsLog(run.path / "log.jsonl", enabled=dist.is_main)
-    log.truncate_after(start)
-    guard_g = NonFiniteGuard(cfg.train.max_nonfinite_steps)
-    guard_f = NonFiniteGuard(cfg.train.max_nonfinite_steps)
-    K = cfg.dmd.fake_updates_per_generator_update
-    A = cfg.train.gradient_accumulation
-    B = cfg.train.batch_size
-    global_batch = B * dist.world_size
+    # a write that fails from here on (disk full) is one line; a new run that fails before its first checkpoint
+    # leaves no folder behind
+    with run.failure_guard(fresh=start == 0 and resume_from is None, is_main=dist.is_main):
+        log = MetricsLog(run.path / "log.jsonl", enabled=dist.is_main)
+        log.truncate_after(start)
+        if recipe_changes:  # --allow-recipe-change: the run is no longer the uninterrupted one, and says so
+            log.write(start, {"event": "recipe_change", "changes": recipe_changes})
+            console.print(f"[yellow]resuming with a changed recipe (--allow-recipe-change): {'; '.join(recipe_changes)}[/]")
+        guard_g = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+        guard_f = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+        K = cfg.dmd.fake_updates_per_generator_update
+        A = cfg.train.gradient_accumulation
+        B = cfg.train.batch_size
+        global_batch = B * dist.world_size
 
-    def batch(k: int, inner: int, micro: int):
-        """Sample ids, prompts and conditioning of this process's slice of one micro-batch."""
-        base = ((k * K + inner) * A + micro) * global_batch + dist.rank * B
-        ids = list(range(base, base + B))
-        texts = [prompts[prompt_index(i, len(prompts), cfg.train.seed)] for i in ids]
-        cond = conds[[index_of[t] for t in texts]].to(device)
-        return ids, texts, cond
+        def batch(k: int, inner: int, micro: int):
+            """Sample ids, prompts and conditioning of this process's slice of one micro-batch."""
+            base = ((k * K + inner) * A + micro) * global_batch + dist.rank * B
+            ids = list(range(base, base + B))
+            texts = [prompts[prompt_index(i, len(prompts), cfg.train.seed)] for i in ids]
+            cond = conds[[index_of[t] for t in texts]].to(device)
+            return ids, texts, cond
 
-    def save(k: int):
+        def save(k: int):
+            if dist.is_main:
+                tensors = nets.trainable_state()
+                if rl_branch is not None and rl_branch.state():
+                    tensors["rl_reference"] = rl_branch.state()
+                ckpt.save_checkpoint(run.path, k, recipe_yaml=to_yaml(cfg), state=run_state(cfg, stage, nets),
+                                     tensors=tensors, optimizers={"generator": opt_g, "fake": opt_f},
+                                     keep=cfg.train.keep_checkpoints, fault_hook=fault_point)
+            dist.barrier()
+
+        def logged(k: int) -> bool:
+            """Whether generator step k (counted from 1) writes a log line."""
+            return k % cfg.train.log_every == 0 or k == total_steps or k == start + 1
+
+        def micro_step(k, inner, micro, gen_turn, rl_on, stats, fake_losses):
+            """Forward and backward of one micro-batch: generator sample, generator loss on its turn, fake loss."""
+            ids, texts, cond = batch(k, inner, micro)
+            rng = StepRandomness(cfg.train.seed, k, inner * A + micro, ids, device)
+            x0_g, info = generator_sample(ctx, cond, rng, with_grad=gen_turn)
+            fault_point("after-generator-forward")
+            if gen_turn:
+                loss_dmd, dmd_stats = dmd_generator_loss(ctx, x0_g, cond, rng, k)
+                loss_dmd = inject_nan("dmd", loss_dmd, k)
+                loss = cfg.dmd.weight * loss_dmd
+                if rl_on:
+                    loss_rl, rl_stats = rl_branch.loss(ctx, x0_g, cond, texts, rng, k)
+                    loss_rl = inject_nan("rl", loss_rl, k)
+                    loss = loss + cfg.rl.weight * loss_rl
+                    stats.update(rl_stats)
+                    stats["rl_loss"] = loss_rl.detach()
+                nets.as_generator()
+                (loss / A).backward()
+                stats.update(dmd_stats)
+                stats["dmd_loss"] = loss_dmd.detach()
+                stats["generator_loss"] = loss.detach()
+            diagnose = gen_turn and micro == A - 1 and logged(k + 1)  # the teacher's loss too, on logged steps only
+            fake_loss = inject_nan("fake", fake_score_step_loss(ctx, x0_g, cond, rng, k, stats if diagnose else None), k)
+            (fake_loss / A).backward()
+            fake_losses.append(fake_loss.detach())
+
+        val_cond = conds[[index_of[p] for p in val_prompts]]
+        val_rewards = rl_branch.rewards if rl_branch is not None else []
+
+        def encode(texts: list[str]):
+            """The conditioning of prompts encoded above (a bench's, the run's own)."""
+            return conds[[index_of[p] for p in texts]]
+
+        def run_validation(k: int, best: float | None) -> float | None:
+            """Validation metrics into the log, a grid into samples/, and the best checkpoint by weighted reward."""
+            metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
+            metrics.update(plugins.validation_metrics(benches, ctx, encode))
+            (run.path / "samples").mkdir(exist_ok=True)
+            grid_image(images).save(run.path / "samples" / f"validation-{k:06d}.png")
+            log.write(k, metrics)
+            score = metrics.get("val_reward_weighted")
+            if score is not None and (best is None or score > best):
+                ckpt.mark_best(run.path, k, metrics)
+                return score
+            return best
+
+        if start == 0 and cfg.ode_regression.steps and not init:
+            ode_warm_start(ctx, conds, run.path, dist, log, console)
+
+        best = None
+        title = "cold start" if stage == "coldstart" else "distill"
+        k = start
+        with StepProgress(total_steps, start, console, dist.is_main, title) as progress, run.preemption() as preempt:
+            while k < total_steps:
+                t0 = time.perf_counter()
+                rl_on = rl_branch is not None and k >= cfg.rl_start
+                stats: dict = {}
+                fake_losses = []
+                for inner in range(K):
+                    gen_turn = inner == K - 1  # the fake score is freshest right before the generator update
+                    for micro in range(A):
+                        with ctx.amp():  # one autocast region per micro-step: weight casts are cached across
+                            #             the generator's rollout forwards (params only change after it)
+                            micro_step(k, inner, micro, gen_turn, rl_on, stats, fake_losses)
+                    fault_point("after-backward")
+                    if gen_turn:
+                        parts = {"DMD": stats["dmd_loss"], **({"RL reward": stats["rl_loss"]} if rl_on else {})}
+                        ok, norm = apply_update(nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g,
+                                                "DMD/RL generator" if rl_on else "DMD generator", stats["generator_loss"],
+                                                parts)
+                        stats["generator_grad_norm"], stats["generator_skipped"] = norm, int(not ok)
+                        if rl_on and ok:
+                            rl_branch.extra_updates(ctx, lambda extra_loss: apply_update(
+                                nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g, "RL reward", extra_loss))
+                    ok, norm = apply_update(nets.fake_params, opt_f, cfg.train.grad_clip, dist, guard_f,
+                                            "fake-score", fake_losses[-1])
+                    stats["fake_grad_norm"] = norm
+                    fault_point("after-optimizer-step")
+                k += 1
+                stats["fake_loss"] = torch.stack(fake_losses).mean()
+                stats["step_time"] = time.perf_counter() - t0
+                stats["nonfinite_skipped"] = guard_g.skipped + guard_f.skipped
+                if logged(k):  # the only host syncs for stats
+                    stats.update(memory_stats(device))
+                    scalars = {n: float(v) for n, v in dist.mean_scalars(stats).items() if _is_scalar(v)}
+                    log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
+                    progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
+                if cfg.train.sample_every and k % cfg.train.sample_every == 0 and dist.is_main:
+                    save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
+                                     k, cfg.train.seed)
+                validating = cfg.train.validate_every and k % cfg.train.validate_every == 0
+                due = (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps or validating
+                stop = dist.any(preempt.requested)  # the signal may reach one process only; all must save and stop
+                if due or stop:  # once per step: a preempted run checkpoints the step it just finished
+                    save(k)
+                if validating and dist.is_main:
+                    best = run_validation(k, best)
+                if stop and k < total_steps:  # a signal during the last step: the run is simply done
+                    console.print(f"[yellow]stopped by {preempt.signal_name} at generator step {k}; checkpoint written. "
+                                  f"Continue with --resume latest[/]")
+                    log.close()
+                    raise SystemExit(preempt.exit_code or 143)  # a process stopped by another's signal: SIGTERM's code
+        # ---- what the run promises after its last step; done.json is written only once all of it is --------
+        fault_point("before-end-outputs")
+        outputs = [f"checkpoints/{ckpt.step_dir_name(k)}"]
+        if dist.is_main and cfg.train.sample_every:
+            save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
+                             k, cfg.train.seed)
+            outputs.append("samples")
         if dist.is_main:
-            tensors = nets.trainable_state()
-            if rl_branch is not None and rl_branch.state():
-                tensors["rl_reference"] = rl_branch.state()
-            ckpt.save_checkpoint(run.path, k, recipe_yaml=to_yaml(cfg), state=run_state(cfg, stage, nets),
-                                 tensors=tensors, optimizers={"generator": opt_g, "fake": opt_f},
-                                 keep=cfg.train.keep_checkpoints, fault_hook=fault_point)
-        dist.barrier()
-
-    def logged(k: int) -> bool:
-        """Whether generator step k (counted from 1) writes a log line."""
-        return k % cfg.train.log_every == 0 or k == total_steps or k == start + 1
-
-    def micro_step(k, inner, micro, gen_turn, rl_on, stats, fake_losses):
-        """Forward and backward of one micro-batch: generator sample, generator loss on its turn, fake loss."""
-        ids, texts, cond = batch(k, inner, micro)
-        rng = StepRandomness(cfg.train.seed, k, inner * A + micro, ids, device)
-        x0_g, info = generator_sample(ctx, cond, rng, with_grad=gen_turn)
-        fault_point("after-generator-forward")
-        if gen_turn:
-            loss_dmd, dmd_stats = dmd_generator_loss(ctx, x0_g, cond, rng, k)
-            loss_dmd = inject_nan("dmd", loss_dmd, k)
-            loss = cfg.dmd.weight * loss_dmd
-            if rl_on:
-                loss_rl, rl_stats = rl_branch.loss(ctx, x0_g, cond, texts, rng, k)
-                loss_rl = inject_nan("rl", loss_rl, k)
-                loss = loss + cfg.rl.weight * loss_rl
-                stats.update(rl_stats)
-                stats["rl_loss"] = loss_rl.detach()
-            nets.as_generator()
-            (loss / A).backward()
-            stats.update(dmd_stats)
-            stats["dmd_loss"] = loss_dmd.detach()
-            stats["generator_loss"] = loss.detach()
-        diagnose = gen_turn and micro == A - 1 and logged(k + 1)  # the teacher's loss too, on logged steps only
-        fake_loss = inject_nan("fake", fake_score_step_loss(ctx, x0_g, cond, rng, k, stats if diagnose else None), k)
-        (fake_loss / A).backward()
-        fake_losses.append(fake_loss.detach())
-
-    val_cond = conds[[index_of[p] for p in val_prompts]]
-    val_rewards = rl_branch.rewards if rl_branch is not None else []
-
-    def encode(texts: list[str]):
-        """The conditioning of prompts encoded above (a bench's, the run's own)."""
-        return conds[[index_of[p] for p in texts]]
-
-    def run_validation(k: int, best: float | None) -> float | None:
-        """Validation metrics into the log, a grid into samples/, and the best checkpoint by weighted reward."""
-        metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
-        metrics.update(plugins.validation_metrics(benches, ctx, encode))
-        (run.path / "samples").mkdir(exist_ok=True)
-        grid_image(images).save(run.path / "samples" / f"validation-{k:06d}.png")
-        log.write(k, metrics)
-        score = metrics.get("val_reward_weighted")
-        if score is not None and (best is None or score > best):
-            ckpt.mark_best(run.path, k, metrics)
-            return score
-        return best
-
-    if start == 0 and cfg.ode_regression.steps and not init:
-        ode_warm_start(ctx, conds, run.path, dist, log, console)
-
-    best = None
-    title = "cold start" if stage == "coldstart" else "distill"
-    k = start
-    with StepProgress(total_steps, start, console, dist.is_main, title) as progress, run.preemption() as preempt:
-        while k < total_steps:
-            t0 = time.perf_counter()
-            rl_on = rl_branch is not None and k >= cfg.rl_start
-            stats: dict = {}
-            fake_losses = []
-            for inner in range(K):
-                gen_turn = inner == K - 1  # the fake score is freshest right before the generator update
-                for micro in range(A):
-                    with ctx.amp():  # one autocast region per micro-step: weight casts are cached across
-                        #             the generator's rollout forwards (params only change after it)
-                        micro_step(k, inner, micro, gen_turn, rl_on, stats, fake_losses)
-                fault_point("after-backward")
-                if gen_turn:
-                    parts = {"DMD": stats["dmd_loss"], **({"RL reward": stats["rl_loss"]} if rl_on else {})}
-                    ok, norm = apply_update(nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g,
-                                            "DMD/RL generator" if rl_on else "DMD generator", stats["generator_loss"],
-                                            parts)
-                    stats["generator_grad_norm"], stats["generator_skipped"] = norm, int(not ok)
-                    if rl_on and ok:
-                        rl_branch.extra_updates(ctx, lambda extra_loss: apply_update(
-                            nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g, "RL reward", extra_loss))
-                ok, norm = apply_update(nets.fake_params, opt_f, cfg.train.grad_clip, dist, guard_f,
-                                        "fake-score", fake_losses[-1])
-                stats["fake_grad_norm"] = norm
-                fault_point("after-optimizer-step")
-            k += 1
-            stats["fake_loss"] = torch.stack(fake_losses).mean()
-            stats["step_time"] = time.perf_counter() - t0
-            stats["nonfinite_skipped"] = guard_g.skipped + guard_f.skipped
-            if logged(k):  # the only host syncs for stats
-                stats.update(memory_stats(device))
-                scalars = {n: float(v) for n, v in dist.mean_scalars(stats).items() if _is_scalar(v)}
-                log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
-                progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
-            if cfg.train.sample_every and k % cfg.train.sample_every == 0 and dist.is_main:
-                save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
-                                 k, cfg.train.seed)
-            validating = cfg.train.validate_every and k % cfg.train.validate_every == 0
-            due = (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps or validating
-            stop = dist.any(preempt.requested)  # the signal may reach one process only; all must save and stop
-            if due or stop:  # once per step: a preempted run checkpoints the step it just finished
-                save(k)
-            if validating and dist.is_main:
-                best = run_validation(k, best)
-            if stop and k < total_steps:  # a signal during the last step: the run is simply done
-                console.print(f"[yellow]stopped by {preempt.signal_name} at generator step {k}; checkpoint written. "
-                              f"Continue with --resume latest[/]")
-                log.close()
-                raise SystemExit(preempt.exit_code or 143)  # a process stopped by another's signal: SIGTERM's code
-    if dist.is_main and cfg.train.sample_every:
-        save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
-                         k, cfg.train.seed)
-    if dist.is_main:
-        plugins.final_reports(benches, ctx, encode, run.path, console)
-    log.close()
-    run.close()
-    if dist.is_main:
-        console.print(f"[green]done[/]: {total_steps} generator steps; checkpoints in {run.path / 'checkpoints'}")
+            reports = plugins.final_reports(benches, ctx, encode, run.path, console)
+            outputs += [f"report:{name}" for name in reports]
+            fault_point("before-done-marker")
+            mark_done(run.path, k, stage, outputs)
+        log.close()
+        run.close()
+        if dist.is_main:
+            console.print(f"[green]done[/]: {total_steps} generator steps; checkpoints in {run.path / 'checkpoints'}")
     return run.path
 
 

@@ -20,6 +20,8 @@ The defaults are the official arithmetic, so that a number is comparable with th
 from __future__ import annotations
 
 import csv
+import io
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DmdrError
+from ..runtime.files import read_bytes
 
 AnswerFn = Callable[[Image.Image, str], str]
 
@@ -77,11 +80,12 @@ def load_dpg_csv(path: str | Path, all_rows: bool = False) -> list[DpgItem]:
     """Items in CSV order, questions in CSV order; DmdrError naming the line for anything malformed.
     The first question row is left out, as the official script leaves it out, unless `all_rows`."""
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise DmdrError(f"DPG-Bench CSV {str(p)!r} does not exist: it is not shipped with dmdr; get dpg_bench.csv "
                         f"from ELLA's repository (dpg_bench/dpg_bench.csv) and pass its path")
+    raw = read_bytes(p, f"DPG-Bench CSV {str(p)!r}", fix="pass the path of dpg_bench.csv")
     try:
-        with p.open(encoding="utf-8-sig", newline="") as f:
+        with io.StringIO(raw.decode("utf-8-sig"), newline="") as f:
             reader = csv.DictReader(f)
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import DmdrError
+from ..runtime.files import read_bytes
 
 # COCO's 80 instance classes in COCO id order, named as GenEval names them ("mouse", "remote" and
 # "keyboard" become "computer mouse", "tv remote", "computer keyboard").
@@ -255,11 +257,13 @@ def validate_metadata(record: object, where: str, vocabulary: Vocabulary = GENEV
 def load_geneval_metadata(path: str | Path) -> list[dict]:
     """Read GenEval's `evaluation_metadata.jsonl` (one JSON object per line), validating every line."""
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise DmdrError(f"GenEval metadata file {str(p)!r} does not exist: give the path of the official "
                         f"evaluation_metadata.jsonl (GenEval repository, prompts/)")
+    raw = read_bytes(p, f"GenEval metadata file {str(p)!r}",
+                     fix="give the path of the official evaluation_metadata.jsonl")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = raw.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise DmdrError(f"GenEval metadata file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     records = []

@@ -22,9 +22,9 @@ A unit is one prompt, named by its index in the prompt set and its text (`paired
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..runtime import files
 from ..errors import DmdrError
 from .sample_sets import SAMPLES_FILE, grid_of, read_samples_jsonl, sample_groups, save_atomic, write_grid
 
@@ -84,7 +84,8 @@ def write_report(folder: Path, report: dict) -> list[Path]:
             if path is not None:
                 grids[bench] = samples
                 written.append(path)
-    (folder / REPORT_MD).write_text(_markdown(report, chart is not None, list(grids)), encoding="utf-8")
+    files.write_text_atomic(folder / REPORT_MD, _markdown(report, chart is not None, list(grids)),
+                            what="the report", fsync=False)
     written.append(folder / REPORT_MD)
     if chart is not None:
         written.append(chart)
@@ -157,9 +158,7 @@ def _bench_details(b: dict) -> list[str]:
 
 
 def _write_json(path: Path, data: dict) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    files.write_text_atomic(path, json.dumps(data, indent=1) + "\n", what="the report", fsync=False)
     return path
 
 
@@ -200,9 +199,14 @@ def open_side(folder: Path) -> dict:
     """A report folder (report.json) or an image folder (samples.jsonl) -> {"label", "report", "samples"}."""
     folder = Path(folder)
     if (folder / REPORT_JSON).is_file():
-        report = json.loads((folder / REPORT_JSON).read_text())
-        samples = {b: Path(d["samples"]) for b, d in report["benches"].items() if d.get("samples")}
-        return {"label": report["subject"]["label"], "report": report, "samples": samples, "folder": folder}
+        fix = "evaluate it again to rewrite the report"
+        report = files.read_json(folder / REPORT_JSON, "--compare: report", kind=dict, fix=fix)
+        try:
+            samples = {b: Path(d["samples"]) for b, d in report["benches"].items() if d.get("samples")}
+            return {"label": str(report["subject"]["label"]), "report": report, "samples": samples, "folder": folder}
+        except (KeyError, TypeError, AttributeError):
+            raise DmdrError(f"--compare: {folder / REPORT_JSON} is not a dmdr report (no benches and subject): "
+                            f"{fix}") from None
     if (folder / SAMPLES_FILE).is_file():
         return {"label": folder.name, "report": None, "samples": {"images": folder}, "folder": folder}
     raise DmdrError(f"--compare {folder}: neither a report folder (report.json) nor an image folder written by "

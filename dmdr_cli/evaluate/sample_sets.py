@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from ..errors import DmdrError
+from ..runtime import files
 from . import world_bench
 from .dpg import load_dpg_csv, make_grid
 from .geneval_folder import sample_path, write_prompt_folders
@@ -171,10 +172,12 @@ def _described(source: str, values: list, n: int | None) -> str:
 # Files.
 
 def save_atomic(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """A PNG that appears whole or not at all; a failed write (disk full) removes its temporary file and is one
+    line (the images already written stay: the same command resumes)."""
+    with files.cleanup_on_failure(what="image", target=path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with files.atomic_file(path, "image") as tmp:
+        image.save(tmp, format="PNG")
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -195,10 +198,7 @@ def check_settings(out: Path, settings: dict) -> None:
             raise DmdrError(f"--out {out} exists, is not empty and holds no {SETTINGS_FILE}: it is not a `dmdr sample` "
                             f"folder; choose another --out")
         return
-    try:
-        saved = json.loads(saved_file.read_text())
-    except ValueError:
-        raise DmdrError(f"{saved_file} is not valid JSON: delete the folder to start over") from None
+    saved = files.read_json(saved_file, kind=dict, fix="delete the folder to start over")
     for key in sorted(set(saved) | set(settings)):
         if saved.get(key) != settings.get(key):
             raise DmdrError(f"--out {out} holds samples made with {key}={saved.get(key)!r}, not {settings.get(key)!r}: "
@@ -206,13 +206,17 @@ def check_settings(out: Path, settings: dict) -> None:
 
 
 def write_settings(out: Path, settings: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    with files.cleanup_on_failure(what="--out", target=out):
+        out.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=1, sort_keys=True) + "\n",
+                            what="the sample settings", fsync=False)
 
 
 def read_settings(folder: Path) -> dict:
     path = Path(folder) / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not os.path.lexists(path):
+        return {}
+    return files.read_json(path, kind=dict, fix="the folder is damaged: re-run `dmdr sample` into a new folder")
 
 
 def write_samples_jsonl(out: Path, sample_set: SampleSet, jobs: list[Job], row: dict) -> None:
@@ -222,9 +226,7 @@ def write_samples_jsonl(out: Path, sample_set: SampleSet, jobs: list[Job], row: 
         record = {"file": job.file, "prompt": job.prompt, **row, "prompt_index": job.prompt_index,
                   "image_index": job.image_index, **sample_set.extra_row(job)}
         lines.append(json.dumps(record) + "\n")
-    tmp = out / f".{SAMPLES_FILE}.tmp"
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, out / SAMPLES_FILE)
+    files.write_text_atomic(out / SAMPLES_FILE, "".join(lines), what=SAMPLES_FILE, fsync=False)
 
 
 def read_samples_jsonl(folder: Path) -> list[dict]:
@@ -232,7 +234,12 @@ def read_samples_jsonl(folder: Path) -> list[dict]:
     if not path.is_file():
         raise DmdrError(f"{folder} has no {SAMPLES_FILE}: score a folder written by `dmdr sample` (it lists each "
                         f"image with its prompt), or give --model to sample one")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    fix = "re-run `dmdr sample` into the folder to rewrite it"
+    rows = files.read_jsonl(path, fix=fix)
+    bad = next((i for i, row in enumerate(rows, 1) if not isinstance(row.get("file"), str)
+                or not isinstance(row.get("prompt"), str)), None)
+    if bad is not None:
+        raise DmdrError(f"{path} row {bad} has no \"file\" and \"prompt\" text: {fix}")
     if not rows:
         raise DmdrError(f"{path} lists no images")
     return rows
@@ -279,6 +286,5 @@ def viewable(grid: Image.Image, tile_width: int, min_tile: int = 96) -> Image.Im
 
 
 def load_tensor(path: Path) -> torch.Tensor:
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"))
+    array = np.asarray(files.open_image(path))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import DmdrError
+from ..runtime.files import check_output_dir
 
 
 def _overlaps(a: Path, b: Path) -> bool:
@@ -42,17 +43,24 @@ class StagedOutput:
         elif self.out.is_dir() and any(self.out.iterdir()) and not self.overwrite:
             raise DmdrError(f"--out {self.out} exists and is not empty: choose a new folder, or pass --overwrite to "
                             f"replace its contents")
+        # the staging folder is made beside --out: its parent must be creatable and writable, with some space
+        check_output_dir(self.out.parent, f"--out {self.out}: its folder", fix="choose another --out")
 
     def __enter__(self) -> Path:
         self.check()
         missing = [p for p in [self.out.parent, *self.out.parent.parents] if not p.exists()]
-        for parent in reversed(missing):
-            parent.mkdir()
-            self._created_parents.insert(0, parent)
         self.staging = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
-        if self.staging.exists():
-            shutil.rmtree(self.staging)
-        self.staging.mkdir()
+        try:
+            for parent in reversed(missing):
+                parent.mkdir()
+                self._created_parents.insert(0, parent)
+            if self.staging.exists():
+                shutil.rmtree(self.staging)
+            self.staging.mkdir()
+        except OSError as err:
+            self._discard()
+            raise DmdrError(f"could not create the export folder {self.out} ({err.strerror or err}): check "
+                            f"permissions and free space") from None
         return self.staging
 
     def __exit__(self, exc_type, exc, tb) -> bool:

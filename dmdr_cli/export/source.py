@@ -13,7 +13,9 @@ import yaml
 
 from ..errors import DmdrError
 from ..recipe import Recipe, to_yaml, validate
+from ..runtime import compat
 from ..runtime.checkpoint import resolve_checkpoint
+from ..runtime.files import read_text
 
 GENERATOR_FILE = "generator.safetensors"
 
@@ -62,18 +64,20 @@ def open_checkpoint(spec: str | Path) -> ExportSource:
         raise DmdrError(f"checkpoint {checkpoint} has no recipe.yaml: it was not written by `dmdr distill` / "
                         f"`dmdr coldstart`, or the copy is incomplete")
     try:
-        data = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(recipe_file, fix="the checkpoint is damaged"))
     except yaml.YAMLError as err:
         raise DmdrError(f"{recipe_file} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise DmdrError(f"{recipe_file} is not a recipe (a mapping of sections)")
     recipe = validate(data, source=str(recipe_file))
     try:
-        state = json.loads((checkpoint / "state.json").read_text())
+        state = json.loads(read_text(checkpoint / "state.json", fix="the checkpoint is damaged"))
     except ValueError as err:
         raise DmdrError(f"{checkpoint / 'state.json'} is not valid JSON ({err})") from None
     if not (checkpoint / GENERATOR_FILE).is_file():
         raise DmdrError(f"checkpoint {checkpoint} has no {GENERATOR_FILE}: the copy is incomplete")
+    info = compat.inspect(checkpoint, needs=("generator",))  # state.json an object with a step, headers whole
+    compat.check_float_tensors(info, "generator")
     fmt = state.get("generator_format")
     if fmt not in ("full", "lora"):
         raise DmdrError(f"{checkpoint / 'state.json'}: generator_format is {fmt!r}, expected 'full' or 'lora'")
@@ -81,6 +85,10 @@ def open_checkpoint(spec: str | Path) -> ExportSource:
     if family != recipe.model.family:
         raise DmdrError(f"{checkpoint}: state.json says family {family!r} but recipe.yaml says "
                         f"{recipe.model.family!r}: the checkpoint folder was assembled from two runs")
+    if fmt == "full":  # names and shapes against the teacher's own weight headers, before either loads
+        from ..engines.plan import denoiser_shapes
+
+        compat.check_full_generator(info, denoiser_shapes(recipe), recipe.model.pretrained)
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
     return ExportSource(checkpoint=checkpoint, run_dir=run_dir, recipe=recipe, state=state,
                         lora=_lora_spec(state, recipe) if fmt == "lora" else None)

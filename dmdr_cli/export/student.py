@@ -88,7 +88,12 @@ def build_student(source: ExportSource, *, merge: bool, dtype: torch.dtype = tor
 
 
 def _load_full(net: torch.nn.Module, tensors: dict[str, torch.Tensor], source: ExportSource) -> None:
-    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # size mismatches (a teacher whose shapes were not known before loading)
+        raise DmdrError(f"{source.generator_file} does not match the teacher's {type(net).__name__} "
+                        f"({str(err).strip().splitlines()[-1].strip()}): check model.pretrained in the checkpoint's "
+                        f"recipe.yaml") from None
     if missing or unexpected:
         example = (missing or unexpected)[0]
         raise DmdrError(f"{source.generator_file} does not match the teacher's {type(net).__name__} "

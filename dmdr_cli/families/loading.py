@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.files import read_json
 from ..errors import ModelLoadError
 
 # Pipeline class-name prefixes -> family, most specific first (img2img / inpaint variants share them).
@@ -136,7 +137,9 @@ def resolve_pipeline(model_cfg, family: str) -> PipelineSource:
         index_file = path / "model_index.json"
         if not index_file.is_file():
             raise ModelLoadError(_no_model_index_message(path))
-        index, local, pretrained = json.loads(index_file.read_text()), True, str(path)
+        index = read_json(index_file, "model.pretrained: the pipeline index", kind=dict,
+                          fix="the folder is damaged; copy the model again or point model.pretrained at another one")
+        local, pretrained = True, str(path)
     elif path.exists():
         raise ModelLoadError(
             f"model.pretrained: {pretrained} is a file, not a pipeline folder: set model.single_file to it and "
@@ -182,7 +185,8 @@ def _hub_model_index(repo_id: str, revision: str | None) -> dict:
             f"model.pretrained: {repo_id} is not a local folder and its model_index.json could not be fetched from "
             f"the Hugging Face hub ({_first_line(err)}); check the path, or download it first "
             f"(`hf download {repo_id}`) when running offline") from err
-    return json.loads(Path(file).read_text())
+    return read_json(file, "model_index.json of the hub model", kind=dict,
+                     fix=f"the cached download is damaged; delete it and download {repo_id} again")
 
 
 def module_dtype(net: torch.nn.Module) -> torch.dtype:

@@ -15,9 +15,50 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import RecipeError
+from ..runtime.files import read_bytes
 from .schema import Recipe
 
 MAX_DEPTH = 32  # recipes nest a few levels; anything deeper is a mistake (and would exhaust Python's stack)
+
+
+class DuplicateKeyError(Exception):
+    """A mapping that names one key twice: YAML would silently keep the last value."""
+
+    def __init__(self, key, first_line: int, second_line: int, where: str):
+        super().__init__(f"{key!r} appears twice")
+        self.key, self.first_line, self.second_line, self.where = key, first_line, second_line, where
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tags that build objects), refusing a mapping that repeats a key at any level.
+
+    YAML merge keys (`<<: *base`) still merge: a key that overrides a merged one is written once."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the safe constructor's own error says what is wrong with such a key
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line, "")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str):
+    """`yaml.safe_load` that refuses duplicated keys (DuplicateKeyError)."""
+    loader = UniqueKeyLoader(text)  # a SafeLoader: what yaml.safe_load does, with the duplicate check
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -33,12 +74,16 @@ def read_yaml(path: str | Path) -> dict:
         raise RecipeError(f"recipe file {str(p)!r} does not exist: give the path of a YAML recipe (see recipes/)")
     if p.is_dir():
         raise RecipeError(f"recipe {str(p)!r} is a folder: give the path of a YAML file inside it")
+    raw = read_bytes(p, f"recipe {str(p)!r}", fix="give the path of a readable YAML file")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RecipeError(f"recipe {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
+    except DuplicateKeyError as e:
+        raise RecipeError(f"recipe {str(p)!r} sets {e.key} twice (lines {e.first_line} and {e.second_line}); YAML "
+                          f"would silently keep the second: merge them into one") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -66,7 +111,9 @@ def apply_override(data: dict, item: str) -> None:
     if not key or any(not p for p in parts):
         raise RecipeError(f"override {item!r} has an empty key: write it as key.path=value (e.g. train.steps=100)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
+    except DuplicateKeyError as e:
+        raise RecipeError(f"override {item!r} sets {e.key} twice: write it once") from None
     except (yaml.YAMLError, RecursionError, ValueError):  # not YAML: the text itself, which validation judges
         value = raw
     node: Any = data

@@ -12,6 +12,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -180,7 +182,7 @@ class TrainSection(Section):
                             "gradient (about grad / numel per element) underflows in fp16.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     compile: bool = Field(False, description="torch.compile the denoiser (minutes of warm-up; for long runs).")
-    seed: int = Field(0, ge=0, description="Seed of all randomness (noise is keyed by global sample index).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of all randomness (noise is keyed by global sample index).")
     log_every: int = Field(10, ge=1, description="Generator steps between log lines.")
     sample_every: int = Field(500, ge=0, description="Generator steps between sample grids (0: off).")
     validate_every: int = Field(0, ge=0, description="Generator steps between validations (0: off).")
@@ -215,7 +217,7 @@ class SampleSection(Section):
     cfg: Optional[float] = Field(None, ge=1.0, description="Teacher CFG for `dmdr sample` of a teacher; None: guidance.scale.")
     batch_size: int = Field(4, ge=1, description="Images per forward pass.")
     per_prompt: int = Field(1, ge=1, description="Images per prompt.")
-    seed: int = Field(0, ge=0, description="Base seed; image i of prompt p uses a seed derived from (seed, p, i).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Base seed; image i of prompt p uses a seed derived from (seed, p, i).")
 
 
 class OutputSection(Section):
@@ -257,7 +259,7 @@ class WorldTeacherSection(Section):
     text_layers: int = Field(2, ge=1, le=24, description="Text encoder transformer layers.")
     text_heads: int = Field(4, ge=1, le=64, description="Text encoder attention heads.")
     max_tokens: int = Field(64, ge=16, le=512, description="Prompt length in tokens (dense world prompts need 51).")
-    seed: int = Field(0, ge=0, description="Seed of the initial weights, the scenes, the noise and the dropout.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the initial weights, the scenes, the noise and the dropout.")
     threads: int = Field(
         1, ge=0, le=256, description="CPU threads for torch (0: torch's default). One thread per run is fastest on a "
                                      "shared machine: two oversubscribed threads ran 5x slower there.")
@@ -299,7 +301,7 @@ class WorldRewardSection(Section):
     text_heads: int = Field(4, ge=1, le=64, description="Text tower attention heads.")
     max_tokens: int = Field(64, ge=16, le=512, description="Prompt length in tokens.")
     dense_fraction: float = Field(0.2, ge=0, le=1, description="Fraction of each batch drawn from dense prompts.")
-    seed: int = Field(0, ge=0, description="Seed of the weights and the training scenes.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the weights and the training scenes.")
     threads: int = Field(1, ge=0, le=256, description="CPU threads for torch (0: torch's default).")
     log_every: int = Field(10, ge=1, le=100_000, description="Steps between JSONL log lines.")
     probe_prompts: int = Field(

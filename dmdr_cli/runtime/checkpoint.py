@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import DmdrError
+from . import files
 
 PREFIX = "step-"
 
@@ -42,13 +43,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small file atomically (temp file + flush + replace): readers see the old text or the new."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a small file atomically (temp file + flush + replace): readers see the old text or the new. A
+    failed write removes its temporary file and raises the OSError (save_checkpoint words the message)."""
+    files.write_text_atomic(path, text, convert=False)
 
 
 def write_json(path: Path, data) -> None:
@@ -223,6 +220,10 @@ def load_checkpoint(path: Path) -> dict:
     except (OSError, ValueError, SafetensorError) as err:  # a damaged copy (JSONDecodeError is a ValueError)
         raise DmdrError(f"checkpoint {path} is damaged ({_first_line(err)}): resume or export from another "
                         f"checkpoint of the run") from None
+    state = out["state"]
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise DmdrError(f"checkpoint {path} is damaged (state.json is not an object with a generator step): resume "
+                        f"or export from another checkpoint of the run")
     return out
 
 

@@ -8,6 +8,14 @@ checkpoint write. The points, in the order a step reaches them:
   checkpoint-optim-<optimizer>  (generator, fake)
   checkpoint-before-rename, checkpoint-after-rename, checkpoint-after-latest (the latter before pruning)
 
+  before-run-open                                                          (engines/train.py, checks done,
+                                                                           models loaded, folder not yet locked)
+  before-end-outputs, before-done-marker     (engines/train.py: after the last step's checkpoint, before the sample
+                                              grid and run-bench reports; before done.json)
+
+DMDR_FAULT_WAIT=<point>:<path> makes `fault_point(point)` wait (up to 300 s) until <path> exists instead: a
+run held between two of its phases while another finishes (tests/hardening/test_concurrent_starts.py).
+
 DMDR_INJECT_NAN=<term>[:<from_step>] makes `inject_nan(term, loss, k)` return NaN (with NaN gradients) for
 the loss term dmd, fake or rl at every generator step counter k >= from_step (default 0): `dmd:2` lets
 steps 1 and 2 train normally and poisons the DMD loss from step 3 on.
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import torch
 
@@ -26,12 +36,21 @@ _seen: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
+    wait = os.environ.get("DMDR_FAULT_WAIT")
+    if wait and wait.partition(":")[0] == name:
+        _wait_for(Path(wait.partition(":")[2]))
     target = os.environ.get("DMDR_FAULT")
     if not target or target != name:
         return
     _seen[name] = _seen.get(name, 0) + 1
     if _seen[name] >= int(os.environ.get("DMDR_FAULT_AT", "1")):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_for(path: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def inject_nan(term: str, loss: torch.Tensor, step: int) -> torch.Tensor:

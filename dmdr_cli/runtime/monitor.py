@@ -11,6 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .files import read_text, write_text_atomic
+
 
 class MetricsLog:
     """Append-only JSONL (one object per logged step), mirrored to TensorBoard where available."""
@@ -45,10 +47,10 @@ class MetricsLog:
         """On resume, drop lines logged after the checkpoint so the log reads as one run."""
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text().splitlines() if _logged_step(line) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)  # atomic: a kill here keeps the old log, never half of it
+        text = read_text(self.path, "the run log", fix="move it aside and --resume again")
+        kept = [line for line in text.splitlines() if _logged_step(line) <= step]
+        # atomic: a kill here keeps the old log, never half of it; a failed write leaves no temporary file
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept), what="the run log", fsync=False)
 
     def close(self) -> None:
         if self.tb is not None:

@@ -10,11 +10,14 @@ decides: a lock whose pid is dead is taken over.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import time
 from pathlib import Path
 
 from ..errors import DmdrError
+from .files import check_output_dir, read_json, remove, write_error, write_text_atomic
 
 try:
     import fcntl
@@ -38,14 +41,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+DONE_FILE = "done.json"
+
+
 class RunFolder:
-    def __init__(self, path: Path, resume: bool):
+    def __init__(self, path: Path, resume: bool, what: str = "output.dir (-o)"):
         self.path = path
         self.lock = path / ".lock"
+        self.resume = resume
+        self._created: list[Path] = []  # folders `open` made (innermost last), removed again if the run fails early
+        self._wrote_recipe = False
+        check_output_dir(path, what, fix=f"choose another {what}")
         self.check_free()
-        if not resume and _has_checkpoint(path):
-            raise DmdrError(f"output folder {path} already holds a run: continue it with --resume latest, or choose "
-                            f"another output.dir (-o)")
+        self._check_no_run()
+
+    def _check_no_run(self) -> None:
+        if not self.resume and _has_checkpoint(self.path):
+            raise DmdrError(f"output folder {self.path} already holds a run: continue it with --resume latest, or "
+                            f"choose another output.dir (-o)")
 
     def check_free(self) -> None:
         """Refuse a folder another live run holds, before any weight loads (`open` takes the lock for real).
@@ -54,14 +67,67 @@ class RunFolder:
             os.close(self._lock(shared=True))
 
     def open(self, recipe_yaml: str, is_main: bool) -> None:
+        """Create the folder, take its lock, and only then, atomically under the lock, check again that no other
+        run has claimed it since the checks before the models loaded (two runs started at once into one new
+        folder: exactly one proceeds). A failure here leaves nothing of this run behind."""
         if not is_main:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = _held[self._key] if self._key in _held else self._lock(shared=False)
-        _held[self._key] = fd
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        (self.path / "recipe.yaml").write_text(recipe_yaml)
+        fresh_lock = not self.lock.exists()
+        try:
+            self._created = [p for p in reversed([self.path, *self.path.parents]) if not p.exists()]
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = _held[self._key] if self._key in _held else self._lock(shared=False)
+            _held[self._key] = fd
+            self._check_no_run()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            recipe = self.path / "recipe.yaml"
+            self._wrote_recipe = True
+            write_text_atomic(recipe, recipe_yaml, what="the run's recipe copy")
+        except BaseException:
+            self.discard(remove_lock=fresh_lock)
+            raise
+
+    @contextlib.contextmanager
+    def failure_guard(self, fresh: bool, is_main: bool):
+        """Around everything after `open`: a failed write (disk full, EIO) becomes one line, and a `fresh` run (no
+        --resume) that fails before its first checkpoint is discarded. A preempted run (SystemExit) is kept."""
+        try:
+            yield
+        except Exception as err:
+            if fresh and is_main and not _has_checkpoint(self.path):
+                self.discard()
+            if isinstance(err, OSError):
+                raise write_error(err, self.path, "the run folder") from None
+            raise
+
+    def discard(self, remove_lock: bool = True) -> None:
+        """Undo `open` for a run that failed before its first checkpoint: the recipe copy, the lock file (when this
+        run made it) and the folders it made go; a folder holding anything else stays."""
+        if self._key not in _held and self._created and remove_lock and self.lock.exists():
+            # released on the way out (preemption's handler): take it again, so that no run can hold the file
+            # this one unlinks; one that took it meanwhile keeps it (and the folder)
+            with contextlib.suppress(OSError):
+                fd = os.open(self.lock, os.O_RDWR)
+                if fcntl is None or _try_exclusive(fd):
+                    _held[self._key] = fd
+                else:
+                    os.close(fd)
+        locked = self._key in _held
+        if self._wrote_recipe and not _has_checkpoint(self.path):
+            with contextlib.suppress(OSError):
+                (self.path / "recipe.yaml").unlink()
+            if self._created:  # a folder this run made holds nothing but what it wrote
+                for name in ("log.jsonl", DONE_FILE, "samples", "ode_pairs.safetensors", "checkpoints"):
+                    remove(self.path / name)
+        if locked and remove_lock and self._created:
+            with contextlib.suppress(OSError):  # unlinked while still held: no other run can have it open
+                self.lock.unlink()
+        self.close()
+        for folder in reversed(self._created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._created = []
 
     def close(self) -> None:
         """Release the lock. The (emptied) file stays: unlinking a flocked file lets two runs lock two files."""
@@ -79,8 +145,10 @@ class RunFolder:
         fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
         holder = _holder(fd)
         if not _take(fd, shared, holder):
+            holder = _holder(fd)  # read again: the holder may have written its pid while we waited
             os.close(fd)
-            raise DmdrError(f"output folder {self.path} is in use by another dmdr run (pid {holder}): wait for it, "
+            who = f"pid {holder}" if holder > 0 else "just starting"
+            raise DmdrError(f"output folder {self.path} is in use by another dmdr run ({who}): wait for it, "
                             f"or choose another output.dir")
         return fd
 
@@ -106,16 +174,32 @@ class RunFolder:
                 signal.signal(sig, handler)
 
 
+def _try_exclusive(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+PROBE_GRACE_S = 2.0  # how long `open` retries a taken lock: other runs' probes hold theirs for microseconds
+
+
 def _take(fd: int, shared: bool, holder: int) -> bool:
-    """Lock `fd`; False when a live process holds the lock."""
+    """Lock `fd`; False when a live process holds the lock. The exclusive lock is retried for a moment: a run
+    starting at the same time may be probing (a shared lock, released at once), which must not refuse it."""
     if fcntl is not None:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        except OSError:  # a filesystem without flock (some network mounts): the recorded pid decides
-            pass
+        deadline = time.monotonic() + (0 if shared else PROBE_GRACE_S)
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.02)
+            except OSError:  # a filesystem without flock (some network mounts): the recorded pid decides
+                break
     return holder in (-1, os.getpid()) or not _pid_alive(holder)
 
 
@@ -142,3 +226,22 @@ class _Preemption:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
         self.exit_code = PREEMPT_EXIT_CODES[signal.Signals(signum)]
+
+
+def mark_done(run_dir: Path, step: int, stage: str, outputs: list[str]) -> None:
+    """Record that the run wrote everything it promises after generator step `step` (its final checkpoint,
+    sample grid and end-of-run reports): written last, so a run killed before has no done.json."""
+    write_text_atomic(Path(run_dir) / DONE_FILE, json.dumps({"step": step, "stage": stage, "outputs": outputs},
+                                                          indent=1, sort_keys=True) + "\n", what="done.json")
+
+
+def is_done(run_dir: Path, step: int) -> bool:
+    """Whether the run finished everything after generator step `step` (an unreadable done.json: not done)."""
+    path = Path(run_dir) / DONE_FILE
+    if not path.is_file():
+        return False
+    try:
+        data = read_json(path, kind=dict)
+    except DmdrError:
+        return False
+    return data.get("step") == step

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import DmdrError
+from ..runtime.files import check_output_dir, cleanup_on_failure
 from ..recipe import to_yaml
 from ..runtime.monitor import MetricsLog, StepProgress
 from .builtin_prompts import VAL_SEED
@@ -70,14 +71,17 @@ def train_reward(recipe, console: Console | None = None) -> Path:
     if out.exists() and any(out.iterdir()) and not (out / "train_log.jsonl").is_file():
         raise DmdrError(f"world.reward.out: {out} holds something other than a world-clip reward (no "
                         f"train_log.jsonl), and the reward is written there: choose an empty or new folder")
+    # the folder is built beside `out` and renamed into place: its parent must be creatable and writable
+    check_output_dir(out.parent, f"world.reward.out {out}: its folder", fix="choose another world.reward.out")
     config = WorldClipConfig(resolution=size, image_channels=list(cfg.image_channels), embed_dim=cfg.embed_dim,
                              text_width=cfg.text_width, text_layers=cfg.text_layers, text_heads=cfg.text_heads,
                              max_tokens=cfg.max_tokens)
-    with torch_threads(cfg.threads):
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    # a failed write (disk full) is one line, and the half-built folder goes with it
+    with cleanup_on_failure(partial, what="world.reward.out", target=out), torch_threads(cfg.threads):
         model = WorldClip(config, seed=cfg.seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         dense_items = dense_pool(size, cfg.dense_fraction)
-        partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         log = MetricsLog(partial / "train_log.jsonl")
         console.print(f"[bold]world-clip[/] {size} px, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
@@ -115,7 +119,7 @@ def train_reward(recipe, console: Console | None = None) -> Path:
             probes = probe_all(_score_matrix(model), cfg.probe_prompts, size, seed=VAL_SEED)
             (partial / "probe.json").write_text(json.dumps(probes, indent=1) + "\n")
             _print_probes(probes, model.config.default_margin, console)
-    _replace(partial, out)
+        _replace(partial, out)
     console.print(f"[green]world-clip written to {out}[/]")
     return out
 

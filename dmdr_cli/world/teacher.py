@@ -26,6 +26,7 @@ import torch
 from rich.console import Console
 
 from ..errors import DmdrError
+from ..runtime.files import check_output_dir
 from ..recipe import to_yaml
 from ..runtime.checkpoint import load_checkpoint, optimizer_from_files, resolve_checkpoint, save_checkpoint
 from ..runtime.monitor import MetricsLog, StepProgress
@@ -173,6 +174,8 @@ def train_teacher(recipe, *, resume: str | None = None, console: Console | None 
     if export_dir.exists() and any(export_dir.iterdir()) and not (export_dir / "train_log.jsonl").is_file():
         raise DmdrError(f"model.pretrained: {export_dir} holds something other than a world teacher (no "
                         f"train_log.jsonl), and the teacher is written there: choose an empty or new folder")
+    check_output_dir(export_dir.parent, f"model.pretrained {export_dir}: its folder (the teacher is written there)",
+                     fix="choose another model.pretrained")
     run = RunFolder(Path(recipe.output.dir), resume=resume is not None)
     recipe_yaml = to_yaml(recipe)
 

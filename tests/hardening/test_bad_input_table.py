@@ -10,6 +10,7 @@ from pathlib import Path
 from string import Template
 
 import pytest
+import torch
 import typer
 from cli_output import error_line
 from train_helpers import recipe
@@ -78,8 +79,71 @@ def places(tiny_sd, exportable, tmp_path_factory) -> dict[str, str]:
     (tmp / "norecipe" / "recipe.yaml").unlink()
     (tmp / "badstate" / "state.json").write_text("{oops")
     (tmp / "badweights" / "generator.safetensors").write_bytes(b"\x01" * 40)
+    _user_mistakes(tmp, ckpt)
     return {"TMP": str(tmp), "RECIPE": str(tmp / "recipe.yaml"), "TEACHER": str(tiny_sd), "RUN": str(exportable),
             "CKPT": str(ckpt)}
+
+
+def _user_mistakes(tmp: Path, ckpt: Path) -> None:
+    """The files of the rows for what users actually do (issue 15): unreadable and malformed inputs, damaged
+    checkpoints, a checkpoint of the table's own recipe to resume with changed keys, broken sample folders."""
+    import json
+
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    from dmdr_cli.recipe import load_recipe, to_yaml
+
+    (tmp / "bin.txt").write_bytes(b"\xff\xfe\x00 not text")
+    (tmp / "a-folder").mkdir()
+    recipe_text = (tmp / "recipe.yaml").read_text()
+    (tmp / "dup.yaml").write_text(recipe_text + "train:\n  steps: 5\n")  # a second train: section at the end
+    (tmp / "dupkey.yaml").write_text("model:\n  family: sd\n  pretrained: x\n  family: sdxl\n")
+    teacher = Path(load_recipe(tmp / "recipe.yaml").model.pretrained)
+    (tmp / "badteacher").mkdir()
+    (tmp / "badteacher" / "model_index.json").write_text("{oops")
+    (tmp / "listteacher").mkdir()
+    (tmp / "listteacher" / "model_index.json").write_text("[1, 2]")
+    shutil.copytree(teacher, tmp / "cutteacher")
+    weights = next((tmp / "cutteacher" / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    # a checkpoint of $RECIPE itself (its recipe.yaml), for --resume with changed keys
+    same = tmp / "same" / "checkpoints" / ckpt.name
+    shutil.copytree(ckpt, same)
+    (same / "recipe.yaml").write_text(to_yaml(load_recipe(tmp / "recipe.yaml")))
+    (same.parent / "latest").write_text(ckpt.name + "\n")
+    reshaped = tmp / "reshaped"  # $RECIPE's checkpoint with one generator tensor of another shape
+    shutil.copytree(same, reshaped)
+    tensors = load_file(str(reshaped / "generator.safetensors"))
+    tensors["conv_in.weight"] = torch.zeros(tensors["conv_in.weight"].shape[0], 3, 3, 3)
+    save_file(tensors, str(reshaped / "generator.safetensors"))
+    for name in ("emptystate", "liststate", "nofake", "int64", "truncated"):
+        shutil.copytree(ckpt, tmp / name)
+    (tmp / "emptystate" / "state.json").write_text("{}")
+    (tmp / "liststate" / "state.json").write_text("[1, 2]")
+    (tmp / "nofake" / "fake.safetensors").unlink()
+    weights = load_file(str(ckpt / "generator.safetensors"))
+    save_file({k: v.to(torch.int64) for k, v in weights.items()}, str(tmp / "int64" / "generator.safetensors"))
+    data = (ckpt / "generator.safetensors").read_bytes()
+    (tmp / "truncated" / "generator.safetensors").write_bytes(data[: len(data) // 2])
+    # sample folders as `dmdr sample` writes them, each broken one way
+    row = {"file": "0.png", "prompt": "a cat", "seed": 0, "steps": 2, "nfe": 2, "model": "m"}
+    for name in ("badjsonl", "listjsonl", "corruptpng", "emptypng", "missingpng", "nofile"):
+        folder = tmp / "samples" / name
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / "0.png")
+        (folder / "samples.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp / "samples" / "badjsonl" / "samples.jsonl").write_text(json.dumps(row) + "\n{not json\n")
+    (tmp / "samples" / "listjsonl" / "samples.jsonl").write_text("[1, 2]\n")
+    (tmp / "samples" / "corruptpng" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp / "samples" / "emptypng" / "0.png").write_bytes(b"")
+    (tmp / "samples" / "missingpng" / "samples.jsonl").write_text(json.dumps({**row, "file": "1.png"}) + "\n")
+    (tmp / "samples" / "nofile" / "samples.jsonl").write_text(json.dumps({"prompt": "a cat"}) + "\n")
+    (tmp / "samples" / "settingslist").mkdir()
+    (tmp / "samples" / "settingslist" / "sample_settings.json").write_text("[1, 2]")
+    for name, text in (("badreport", "{oops"), ("listreport", '{"benches": [1]}')):
+        (tmp / "reports" / name).mkdir(parents=True)
+        (tmp / "reports" / name / "report.json").write_text(text)
 
 
 def run_row(row: dict, places: dict[str, str]):
