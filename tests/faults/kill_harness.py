@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from forked_cli import run_cli_and_exit  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 TENSOR_FILES = ("generator.safetensors", "fake.safetensors", "optim_generator.safetensors", "optim_fake.safetensors")
 
@@ -116,34 +119,12 @@ def serve() -> None:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            _child(dmdr_cli.cli, request)
+            run_cli_and_exit(dmdr_cli.cli, request["argv"], request["log"], append=True, env=request["env"])
         out.write(json.dumps({"pid": pid}) + "\n")
         out.flush()
         _, status = os.waitpid(pid, 0)
         out.write(json.dumps({"rc": os.waitstatus_to_exitcode(status)}) + "\n")
         out.flush()
-
-
-def _child(cli, request) -> None:
-    code = 1
-    try:
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.environ.update(request["env"])
-        sys.argv = ["dmdr", *request["argv"]]
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
 
 
 # ---- what an interrupted run must leave -----------------------------------------------------------------

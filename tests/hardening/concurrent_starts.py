@@ -17,6 +17,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from forked_cli import run_cli_and_exit  # noqa: E402
 
 
 def start_all(recipe: str, run: str, logs: str, n: int, held: int = 0) -> list[int]:
@@ -37,32 +41,11 @@ def start_all(recipe: str, run: str, logs: str, n: int, held: int = 0) -> list[i
             if i >= n - held:
                 os.environ["DMDR_FAULT_WAIT"] = f"before-run-open:{os.path.join(run, 'done.json')}"
             os.read(gate_read, 1)  # blocks until the parent closes its end: all start together
-            _child(cli, ["distill", recipe, "-o", run], os.path.join(logs, f"{i}.log"))
+            run_cli_and_exit(cli, ["distill", recipe, "-o", run], os.path.join(logs, f"{i}.log"))
         pids.append(pid)
     os.close(gate_read)
     os.close(gate_write)
     return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
-
-
-def _child(cli, argv: list[str], log_path: str) -> None:
-    code = 1
-    try:
-        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        sys.argv = ["dmdr", *argv]
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
 
 
 if __name__ == "__main__":
