@@ -285,7 +285,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             if validating and dist.is_main:
                 best = run_validation(k, best)
             if stop and k < total_steps:  # a signal during the last step: the run is simply done
-                console.print(f"[yellow]stopped by {preempt.signal_name} at generator step {k}; checkpoint written. "
+                console.print(f"[yellow]stopped by {preempt.signal_name or 'a signal to another process'} at generator "
+                              f"step {k}; checkpoint written. "
                               f"Continue with --resume latest[/]")
                 log.close()
                 raise SystemExit(preempt.exit_code or 143)  # a process stopped by another's signal: SIGTERM's code

@@ -22,12 +22,13 @@ SHARD_ATOL = 1e-6
 WEIGHT_ATOL = 1e-4
 
 
-def torchrun(*args: str, port: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(*args: str, port: int, env: dict | None = None, expect: int = 0) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "dmdr_cli", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (proc.returncode == 0) == (expect == 0), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -42,12 +43,18 @@ def test_sharded_matches_replicated_and_one_process_and_resumes_across_world_siz
     steps = {"sample_every": 0, "checkpoint_every": 1}
     one = tmp_path / "one"  # the straight run: one process at the global batch, 3 generator steps
     ok("distill", recipe(tmp_path, "sd", tiny_sd, one, train={"steps": 3, "batch_size": 2, **steps}))
-    runs = {}
-    for sharding in ("none", "optimizer"):
-        runs[sharding] = tmp_path / f"two-{sharding}"
-        path = recipe(tmp_path, "sd", tiny_sd, runs[sharding],
-                      train={"steps": 2, "batch_size": 1, "sharding": sharding, **steps})
-        torchrun("distill", str(path), port=free_port())
+    runs = {"none": tmp_path / "two-none", "optimizer": tmp_path / "two-optimizer"}
+    torchrun("distill", str(recipe(tmp_path, "sd", tiny_sd, runs["none"],
+                                   train={"steps": 2, "batch_size": 1, "sharding": "none", **steps})), port=free_port())
+    # sharded, 3 steps, but SIGTERM reaches rank 1 only, inside generator step 2: both ranks finish the step,
+    # the state of both shards is gathered into the checkpoint and the run stops with 143
+    out = torchrun("distill", str(recipe(tmp_path, "sd", tiny_sd, runs["optimizer"],
+                                         train={"steps": 3, "batch_size": 1, "sharding": "optimizer", **steps})),
+                   port=free_port(), expect=143,
+                   env={"DMDR_FAULT": "after-optimizer-step", "DMDR_FAULT_AT": "3", "DMDR_FAULT_SIGNAL": "TERM",
+                        "DMDR_FAULT_RANK": "1"})
+    assert "stopped by SIGTERM at generator step 2" in out
+    assert sorted(p.name for p in (runs["optimizer"] / "checkpoints").glob("step-*")) == ["step-000001", "step-000002"]
     # per-process AdamW state, measured from the tensors and averaged over the processes in the log: half
     replicated, sharded = (log_rows(runs[m])[-1]["optimizer_state_mib"] for m in ("none", "optimizer"))
     assert abs(sharded / replicated - 0.5) < 0.1
@@ -63,8 +70,8 @@ def test_sharded_matches_replicated_and_one_process_and_resumes_across_world_siz
         assert max_diff(full, gathered) < WEIGHT_ATOL
 
     # 2 processes (sharded) -> 1 process: the resumed run ends where the straight run ends
-    one_cmd = recipe(tmp_path, "sd", tiny_sd, runs["optimizer"], train={"steps": 3, "batch_size": 2, **steps})
-    ok("distill", one_cmd, "--resume", "latest")
+    ok("distill", recipe(tmp_path, "sd", tiny_sd, runs["optimizer"], train={"steps": 3, "batch_size": 2, **steps}),
+       "--resume", "latest")
     # 1 process -> 2 processes (sharded): resume the straight run's step 2 in a copy of its folder
     back = tmp_path / "back"
     shutil.copytree(one, back)
