@@ -55,7 +55,9 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, train_cfg, devic
     if getattr(train_cfg, "sharding", "none") == "optimizer" and world_size > 1:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
-        return ZeroRedundancyOptimizer(params, optimizer_class=cls, **kwargs)
+        # parameters_as_bucket_view: after its step each rank broadcasts its shard as a few flat buffers, not one
+        # collective per tensor (a LoRA has hundreds)
+        return ZeroRedundancyOptimizer(params, optimizer_class=cls, parameters_as_bucket_view=True, **kwargs)
     return cls(params, **kwargs)
 
 
