@@ -315,7 +315,7 @@ def ode_warm_start(ctx, conds, run_dir: Path, dist: Dist, log: MetricsLog, conso
 
         pairs = make_pairs(ctx, conds, n, cfg.train.seed, run_dir / "ode_pairs.safetensors", advance, dist)
     opt = make_optimizer(ctx.nets.generator_params, cfg.ode_regression.lr or cfg.train.lr_generator, cfg.train, ctx.device,
-                         dist.world_size)
+                         dist.world_size, bucket_view=False)  # the generator's own optimizer holds the views
     reducer = make_reducer(ctx.nets.generator_params, opt, dist)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     B = cfg.train.batch_size

@@ -36,10 +36,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, train_cfg, device: torch.device,
-                   world_size: int = 1) -> torch.optim.Optimizer:
+                   world_size: int = 1, bucket_view: bool = True) -> torch.optim.Optimizer:
     """AdamW (or 8-bit AdamW) over `params`; with `train.sharding: optimizer` and several processes, wrapped in
     torch's ZeroRedundancyOptimizer: the same optimizer class and param groups, each rank holding the state of
-    its 1/N of the parameters and broadcasting them after its step."""
+    its 1/N of the parameters and broadcasting them after its step.
+
+    `bucket_view` makes the parameters views into the optimizer's flat broadcast buffers. Only one optimizer
+    over the same parameters may do so: a second one re-points them to its own buffers and the first would
+    then broadcast into buffers the parameters no longer use (the ODE warm start's optimizer passes False)."""
     kwargs = dict(lr=lr, betas=tuple(train_cfg.betas), weight_decay=train_cfg.weight_decay)
     if train_cfg.optimizer == "adamw8bit":
         try:
@@ -57,7 +61,7 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, train_cfg, devic
 
         # parameters_as_bucket_view: after its step each rank broadcasts its shard as a few flat buffers, not one
         # collective per tensor (a LoRA has hundreds)
-        return ZeroRedundancyOptimizer(params, optimizer_class=cls, parameters_as_bucket_view=True, **kwargs)
+        return ZeroRedundancyOptimizer(params, optimizer_class=cls, parameters_as_bucket_view=bucket_view, **kwargs)
     return cls(params, **kwargs)
 
 
