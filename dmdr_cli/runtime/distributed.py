@@ -85,7 +85,8 @@ class GradReducer:
 
     Each step: `arm()` right before the backward that completes the gradients (the last micro-batch of an
     accumulation), then `finish()` before the optimizer step. A bucket whose gradients are all in starts its
-    reduction from inside the backward; `finish()` starts the rest (a backward that was not armed, a parameter
+    reduction from inside the backward once every bucket before it has started (as DDP: collectives are issued
+    in the same order on every rank, whatever order the hooks fire in); `finish()` starts the rest (a backward that was not armed, a parameter
     without a gradient this step) and waits for all. `owner` (parameter -> rank, from ZeroRedundancyOptimizer)
     switches to sharded mode: buckets hold one owner's parameters and are reduced to it; every other rank frees
     those gradients. A parameter whose gradient accumulates again after its bucket was sent is a bug in the
@@ -127,6 +128,7 @@ class GradReducer:
     def _reset(self) -> None:
         self._armed = False
         self._fired = [set() for _ in self.buckets]
+        self._next = 0  # buckets start strictly in index order, the same on every rank whatever order hooks fire in
         self._sent: list[tuple | None] = [None] * len(self.buckets)
         self._in_flight: list[int] = []
         self._late: list[torch.nn.Parameter] = []
@@ -139,12 +141,12 @@ class GradReducer:
         if not self._armed:
             return
         index = self._bucket_of[p]
-        if self._sent[index] is not None:
+        if index < self._next:  # its bucket is already on its way
             self._late.append(p)
             return
         self._fired[index].add(p)
-        if len(self._fired[index]) == len(self.buckets[index]):
-            self._launch(index)
+        while self._next < len(self.buckets) and len(self._fired[self._next]) == len(self.buckets[self._next]):
+            self._launch(self._next)
             self.hook_launches += 1
 
     def _launch(self, index: int) -> None:
@@ -160,6 +162,7 @@ class GradReducer:
         self.bytes_reduced += flat.numel() * flat.element_size()
         self._sent[index] = (flat, work, had)
         self._in_flight.append(index)
+        self._next = index + 1
         while len(self._in_flight) > self.max_in_flight:  # bounds the extra memory to a few buckets
             self._complete(self._in_flight.pop(0))
 
@@ -187,9 +190,8 @@ class GradReducer:
         if self.dist.world_size == 1:
             return
         late = self._late
-        for index in range(len(self.buckets)):
-            if self._sent[index] is None:
-                self._launch(index)
+        for index in range(self._next, len(self.buckets)):
+            self._launch(index)
         while self._in_flight:
             self._complete(self._in_flight.pop(0))
         self._reset()
