@@ -1,8 +1,9 @@
 """Estimated peak memory per GPU of a training recipe, before anything loads (`--dry-run` prints it).
 
-Model state is counted exactly: the denoiser is built from its diffusers config.json on torch's meta device
-(no weights read or allocated; a known hub id uses the published config below), which gives the parameter,
-buffer and LoRA counts. Per parameter:
+Model state is counted exactly, without loading or allocating a weight: from the safetensors headers of a
+local pipeline folder (as the plan's parameter counts), from the known counts of the published SDXL, SD3-Medium
+and SD3.5-Large architectures for their hub ids, or else by building the denoiser from its config.json on
+torch's meta device. The activation scale (width x depth) is read from config.json. Per parameter:
 
     frozen teacher        model.dtype bytes (bf16: 2)
     trainable master      4 (fp32)                 every process
@@ -58,6 +59,10 @@ MMDIT_SD3M = dict(_class_name="SD3Transformer2DModel", sample_size=128, patch_si
 MMDIT_SD35L = dict(MMDIT_SD3M, num_layers=38, num_attention_heads=38, caption_projection_dim=2432, qk_norm="rms_norm")
 KNOWN = {"stable-diffusion-xl": UNET_SDXL, "sdxl": UNET_SDXL, "stable-diffusion-3.5-large": MMDIT_SD35L,
          "stable-diffusion-3-medium": MMDIT_SD3M}
+# their counts (diffusers classes built from those configs on the meta device): parameters, buffers, and LoRA
+# parameters per unit of rank on the family's default targets (a LoRA's size is linear in its rank)
+KNOWN_COUNTS = {id(UNET_SDXL): (2_567_463_684, 0, 3_074_240), id(MMDIT_SD3M): (2_028_328_000, 56_623_104, 586_752),
+                id(MMDIT_SD35L): (8_056_627_520, 89_653_248, 1_473_792)}
 VAE_PARAMS = {"sd": 83_653_863, "sdxl": 83_653_863, "sd3": 83_819_683}  # AutoencoderKL (4 / 16 latent channels)
 TEXT_ENCODER_PARAMS = {"sd": 123_060_480, "sdxl": 123_060_480 + 694_659_840,
                        "sd3": 123_060_480 + 694_659_840 + 4_762_310_656}  # CLIP-L (+ OpenCLIP-G, + T5-XXL)
@@ -143,28 +148,49 @@ def denoiser_config(cfg) -> tuple[dict, str] | None:
 
     path = Path(cfg.model.pretrained) / DENOISER_FOLDERS[cfg.model.family] / "config.json"
     if path.is_file():
-        return json.loads(path.read_text()), f"{path} (built on the meta device)"
+        return json.loads(path.read_text()), str(path)
     name = cfg.model.pretrained.lower()
     for key, config in sorted(KNOWN.items(), key=lambda kv: -len(kv[0])):
         if key in name and ("3" in key) == (cfg.model.family == "sd3"):
-            return config, f"published {key} config (built on the meta device)"
+            return config, f"the published {key} architecture"
     return None
 
 
 def architecture(cfg) -> Architecture | None:
-    from .plan import _family_targets
+    """Counts without loading or allocating weights: safetensors headers of a local folder (exact, instant), the
+    known counts of a published architecture, or else the config built on the meta device (imports diffusers)."""
+    from .plan import _family_targets, _numel, denoiser_shapes, lora_parameter_count, safetensors_shapes
 
     found = denoiser_config(cfg)
     if found is None:
         return None
-    gen_t, gui_t = _family_targets(cfg.model.family)
-    arch = architecture_from_config(found[0], cfg.model.family, cfg.student.lora_targets or gen_t,
-                                    cfg.guidance.lora_targets or gui_t, cfg.student.lora_rank, cfg.guidance.lora_rank,
-                                    found[1])
+    config, where = found
+    family = cfg.model.family
+    kind = "mmdit" if family == "sd3" else "unet"
+    width = _mmdit_width(config) if kind == "mmdit" else _unet_width(config)
+    gen_default, gui_default = _family_targets(family)
+    gen_t, gui_t = cfg.student.lora_targets or gen_default, cfg.guidance.lora_targets or gui_default
     folder = Path(cfg.model.pretrained)
+    vae = VAE_PARAMS[family]
     if folder.is_dir():  # a local pipeline: its own VAE (none in pixel space)
-        vae_config = folder / "vae" / "config.json"
-        arch.vae = _vae_params(json.loads(vae_config.read_text())) if vae_config.is_file() else 0
+        files = sorted((folder / "vae").glob("diffusion_pytorch_model*.safetensors"))
+        vae = sum(_numel(v) for f in files for v in safetensors_shapes(f).values()) if files else 0
+        if not files and (folder / "vae" / "config.json").is_file():
+            vae = _vae_params(json.loads((folder / "vae" / "config.json").read_text()))
+    shapes = denoiser_shapes(cfg)
+    if shapes is not None:
+        return Architecture(kind=kind, params=sum(_numel(v) for v in shapes.values()), buffers=0, vae=vae,
+                            generator_lora=lora_parameter_count(shapes, gen_t, cfg.student.lora_rank),
+                            guidance_lora=lora_parameter_count(shapes, gui_t, cfg.guidance.lora_rank),
+                            width=width, source=f"the safetensors headers of {folder}")
+    if id(config) in KNOWN_COUNTS and gen_t == gen_default and gui_t == gui_default:
+        params, buffers, per_rank = KNOWN_COUNTS[id(config)]
+        return Architecture(kind=kind, params=params, buffers=buffers, vae=vae,
+                            generator_lora=per_rank * cfg.student.lora_rank,
+                            guidance_lora=per_rank * cfg.guidance.lora_rank, width=width, source=where)
+    arch = architecture_from_config(config, family, gen_t, gui_t, cfg.student.lora_rank, cfg.guidance.lora_rank,
+                                    f"{where} (built on the meta device)")
+    arch.vae = vae
     return arch
 
 
@@ -288,7 +314,7 @@ def memory_report(cfg, processes: int, gpu_memory: float | None):
     if processes > 1:
         plans["optimizer"] = estimate(cfg, arch, processes, "optimizer")
     mine = estimate(cfg, arch, processes)
-    lines = [f"error: +-{ANCHOR_ERROR:.0%} at the H100 anchors, +-25% on activations away from them; "
+    lines = [f"estimate accuracy: +-{ANCHOR_ERROR:.0%} at the H100 anchors, +-25% on activations away from them; "
              f"CUDA context and fragmentation not included"] + mine.notes
     warnings: list[str] = []
     if gpu_memory is not None:

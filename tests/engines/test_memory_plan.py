@@ -44,6 +44,20 @@ def test_estimate_matches_the_h100_anchors(family, pretrained, finetune, batch, 
     assert memory.estimate(accumulating, arch, 8, "optimizer").terms["gradients"] == one.terms["gradients"]
 
 
+@pytest.mark.parametrize("config", ["UNET_SDXL", "MMDIT_SD3M", "MMDIT_SD35L"])
+def test_known_counts_are_the_architectures_built_on_the_meta_device(config):
+    """The table that keeps --dry-run instant for hub ids is what diffusers builds from the published configs."""
+    from dmdr_cli.engines.plan import _family_targets
+
+    arch_config = getattr(memory, config)
+    family = "sdxl" if config == "UNET_SDXL" else "sd3"
+    gen, gui = _family_targets(family)
+    built = memory.architecture_from_config(arch_config, family, gen, gui, 64, 32, "meta")
+    params, buffers, per_rank = memory.KNOWN_COUNTS[id(arch_config)]
+    assert (built.params, built.buffers, built.generator_lora, built.guidance_lora) == (
+        params, buffers, 64 * per_rank, 32 * per_rank)
+
+
 def test_dry_run_prints_the_plan_and_the_knob_that_fits(tiny_sd, tmp_path):
     path = recipe(tmp_path, "sd", tiny_sd, tmp_path / "run")
     res = ok("distill", path, "--dry-run", "--processes", "4", "--gpu-memory", "80")
@@ -60,18 +74,20 @@ def test_dry_run_prints_the_plan_and_the_knob_that_fits(tiny_sd, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def _state_bytes() -> dict[str, int]:
-    """Bytes of the model state alive now, from the tensors themselves: every parameter and buffer of the
-    denoisers and the VAE (unique storages), their gradients, and every optimizer's state."""
+def _state_bytes(generator_params) -> dict[str, int]:
+    """Bytes of this run's model state alive now, from the tensors themselves: every parameter and buffer of its
+    denoisers and VAE (unique storages), their gradients, and the state of its optimizers."""
     from dmdr_cli.dmd.networks import ScoreNetworks
     from dmdr_cli.families.base import Family
 
-    modules = []
-    for obj in gc.get_objects():
-        if isinstance(obj, ScoreNetworks):
-            modules += [obj.generator, obj.guidance] + ([obj.fake_full] if obj.fake_full is not None else [])
-        elif isinstance(obj, Family) and obj.components.vae is not None:
-            modules.append(obj.components.vae)
+    (nets,) = [o for o in gc.get_objects() if isinstance(o, ScoreNetworks) and o.generator_params is generator_params]
+    (family,) = [o for o in gc.get_objects() if isinstance(o, Family) and o.denoiser is nets.guidance]
+    modules = [nets.generator, nets.guidance] + ([nets.fake_full] if nets.fake_full is not None else [])
+    if family.components.vae is not None:
+        modules.append(family.components.vae)
+    trainable = {id(p) for p in nets.generator_params + nets.fake_params}
+    optimizers = [o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer)
+                  and all(id(p) in trainable for group in o.param_groups for p in group["params"])]
     seen, weights, grads = set(), 0, 0
     for m in modules:
         for t in list(m.parameters()) + list(m.buffers()):
@@ -81,8 +97,8 @@ def _state_bytes() -> dict[str, int]:
             weights += t.numel() * t.element_size()
             if t.grad is not None:
                 grads += t.grad.numel() * t.grad.element_size()
-    state = sum(v.numel() * v.element_size() for obj in gc.get_objects() if isinstance(obj, torch.optim.Optimizer)
-                for s in obj.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+    state = sum(v.numel() * v.element_size() for o in optimizers for s in o.state.values() for v in s.values()
+                if torch.is_tensor(v) and v.dim() > 0)
     return {"weights": weights, "gradients": grads, "optimizer state": state}
 
 
@@ -105,7 +121,7 @@ def test_model_state_estimate_matches_the_tiny_run_tensors(tiny_sd, tmp_path, mo
 
         def measure_then_zero(set_to_none=True):
             if not measured and "generator" in args[3]:
-                measured.update(_state_bytes())
+                measured.update(_state_bytes(params))
             zero(set_to_none=set_to_none)
         opt.zero_grad = measure_then_zero
         try:
