@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from train_helpers import checkpoint, log_rows, ok, recipe, weights
