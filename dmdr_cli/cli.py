@@ -343,7 +343,9 @@ def sample(
          "models: geneval and dpg use the world's prompts and exact detector, and world-distance is a Fréchet "
          "distance to real renders.\n\n"
          "With --model the images are drawn first (as `dmdr sample` would) into REPORT/samples/; with --images an "
-         "existing folder is scored. --compare makes a side-by-side report of two reports or image folders.\n\n"
+         "existing folder is scored. --compare makes a side-by-side report of two reports or image folders, with "
+         "paired B - A 95% bootstrap intervals (1000 seeded resamples) over the prompts, dense items and images "
+         "both reports hold.\n\n"
          "Examples:\n\n"
          "  dmdr evaluate --model runs/sdxl-4step --bench scores,geneval --prompts prompts.txt --report reports/s4 "
          "--hps-weights HPS_v2.1_compressed.pt --clip-weights open_clip_pytorch_model.bin\n\n"
@@ -361,7 +363,8 @@ def evaluate(
                                           show_default=False),
     compare: Optional[Tuple[Path, Path]] = typer.Option(
         None, "--compare", show_default=False,
-        help="Two report folders or image folders (teacher first): a side-by-side report."),
+        help="Two report folders or image folders (teacher first): a side-by-side report with paired "
+             "B - A intervals."),
     bench: Optional[str] = typer.Option(None, "--bench", "-b", show_default=False,
                                         help="scores, geneval, dpg, world-distance; comma-separated (default scores)."),
     metrics: str = typer.Option("clip,aesthetic,pick,hps", "--metrics",

@@ -1,26 +1,34 @@
-"""The paper's ablations on the shapes world, each row one `dmdr distill recipes/world/dmdr.yaml` with overrides.
+"""The shapes-world study: the paper's ablations, each row `dmdr distill recipes/world/dmdr.yaml` with overrides.
 
-    python scripts/world_ablations.py run table --seeds 0 1 2 --jobs 2       # (a) what each part contributes
-    python scripts/world_ablations.py run coldstart --seeds 0 1 2 --jobs 2   # (b) DynaDG / DynaRS over the first steps
-    python scripts/world_ablations.py run long --seeds 0                     # the main job at 5x the steps
-    python scripts/world_ablations.py run knobs --seeds 0 --rows "lr_generator 5e-6" "TTUR 5"   # one knob each
-    python scripts/world_ablations.py summarize                              # tables (markdown) + plots
+    python scripts/world_ablations.py run table --jobs 2       # (a) what each part contributes
+    python scripts/world_ablations.py run coldstart --jobs 2   # (b) DynaDG / DynaRS over the first steps
+    python scripts/world_ablations.py run long --jobs 2        # distill only and distill + ReFL at 4x the steps
+    python scripts/world_ablations.py run all --jobs 2         # the three sets
+    python scripts/world_ablations.py summarize                # docs/results.md's study section + plots
 
-`run` prints each row's command and skips runs whose report already exists, so an interrupted set
-continues where it stopped. Every run writes runs/ablations/<set>/<row>-seed<S>/ (the usual run folder
-with report/report.json) plus a timing line in runs/ablations/times.jsonl. Runs use one torch thread
-each, so `--jobs 2` fills 2 cores. `summarize` reads the run folders, prints the markdown tables of
-docs/results.md (mean and std over seeds) and writes the plots to docs/ablations/.
+(`pip install -e '.[study]'` adds matplotlib for the plots.)
 
-The rows follow the paper's Tables 4 and 5 at this scale:
+Every row runs on the shipped recipe as it is (no pinned knob). `run` prints each command and skips
+runs already logged, so an interrupted set continues where it stopped, across sessions: a finished
+run's record (its report's scores with the per-prompt units, its validation curve, its wall time) is
+written to docs/study/<set>/<row>-seed<S>.json, small enough to commit; the run folder itself
+(runs/study/..., checkpoints) is scratch, and a run killed in the middle resumes from its last
+checkpoint while that folder exists. Runs use one torch thread each, so `--jobs 2` fills 2 cores.
+
+`summarize` reads those records alone. Per row: mean and std over seeds, and the paired 95% bootstrap
+interval of student minus teacher on the per-prompt scores averaged over the row's seeds (1000 seeded
+resamples over prompts, GenEval stratified by task: evaluate/paired.py). The interval is over prompts
+only; the spread over seeds is the std column beside it.
+
+Rows, after the paper's Tables 4 and 5:
   table:     init (the teacher's weights at the student's 4 steps), distill only (cold start + DMD),
              RL only (ReFL on world-clip from the teacher, no DMD), distill + ReFL (the main job),
-             distill + DPO, distill + GRPO; the teacher row comes from the runs' reports.
+             distill + DPO, distill + GRPO; the teacher row comes from the runs' reports (its cache).
   coldstart: the first 60 generator steps with plain DMD (uniform renoising, no DynaDG), + DynaDG,
-             + DynaRS, + both, world metrics every 10 steps.
-  long:      the main job with 600 generator steps instead of 120, world metrics every 50 steps.
-  knobs:     the main job with a 4x smaller generator learning rate, or 5 fake-score updates per
-             generator update (the authors' TTUR) instead of 3; the first row reuses the table's distill + ReFL runs.
+             + DynaRS, + both, validation every 5 steps.
+  long:      distill only and distill + ReFL with 4x the main job's generator steps (480; the cold start
+             keeps its 60 steps, RL still starts at 60), validation every 40 steps.
+  knobs:     the main job with a knob at its value before it was chosen on validation.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,112 +47,153 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = "recipes/world/dmdr.yaml"
-OUT = Path("runs/ablations")
-PLOTS = Path("docs/ablations")
+sys.path.insert(0, str(REPO))
 
-# Per row: the recipe overrides. Rows that do not depend on the seed run once.
+RECIPE = "recipes/world/dmdr.yaml"
+SCRATCH = Path("runs/study")
+RECORDS = Path("docs/study")
+PLOTS = Path("docs/ablations")
+RESULTS = Path("docs/results.md")
+BEGIN, END = "<!-- study:begin (scripts/world_ablations.py summarize) -->", "<!-- study:end -->"
+
+FIVE, THREE = (0, 1, 2, 3, 4), (0, 1, 2)
+# Per set, per row: (recipe overrides, seeds).
 TABLE = {
-    "init": ["coldstart.steps=0", "train.steps=1", "train.lr_generator=1e-12", "rl.algorithm=none"],
-    "distill only": ["rl.algorithm=none"],
-    "RL only": ["coldstart.steps=0", "rl.start_step=0", "dmd.weight=0"],
-    "distill + ReFL": [],
-    "distill + DPO": ["rl.algorithm=dpo"],
-    "distill + GRPO": ["rl.algorithm=grpo"],
+    "init": (["coldstart.steps=0", "train.steps=1", "train.lr_generator=1e-12", "rl.algorithm=none"], (0,)),
+    "distill only": (["rl.algorithm=none"], FIVE),
+    "RL only": (["coldstart.steps=0", "rl.start_step=0", "dmd.weight=0"], FIVE),
+    "distill + ReFL": ([], FIVE),
+    "distill + DPO": (["rl.algorithm=dpo"], THREE),
+    "distill + GRPO": (["rl.algorithm=grpo"], THREE),
 }
-SEED_FREE = {"init"}
-_COLD = ["train.steps=60", "rl.algorithm=none", "train.validate_every=10", "train.checkpoint_every=0"]
+_COLD = ["train.steps=60", "rl.algorithm=none", "train.validate_every=5", "train.checkpoint_every=20"]
 COLDSTART = {
-    "plain DMD": _COLD + ["coldstart.dynadg.enabled=false", "coldstart.dynars.enabled=false"],
-    "+ DynaDG": _COLD + ["coldstart.dynars.enabled=false"],
-    "+ DynaRS": _COLD + ["coldstart.dynadg.enabled=false"],
-    "+ DynaDG + DynaRS": _COLD,
+    "plain DMD": (_COLD + ["coldstart.dynadg.enabled=false", "coldstart.dynars.enabled=false"], THREE),
+    "+ DynaDG": (_COLD + ["coldstart.dynars.enabled=false"], THREE),
+    "+ DynaRS": (_COLD + ["coldstart.dynadg.enabled=false"], THREE),
+    "+ DynaDG + DynaRS": (_COLD, THREE),
 }
-# The main job at 5x its generator steps (schedules stretched alike): does the gap close with budget?
-LONG = {"distill + ReFL, 600 steps": ["train.steps=600", "coldstart.steps=300", "coldstart.dynadg.steps=300",
-                                      "coldstart.dynars.steps=300", "rl.start_step=300", "train.validate_every=50"]}
-# The main job with one knob changed: is the late drift of the exact metrics a step-size or a TTUR effect?
-KNOBS = {"main job as ablated, TTUR 3 (table (a))": [], "lr_generator 5e-6": ["train.lr_generator=5e-6"],
-         "TTUR 5": ["dmd.fake_updates_per_generator_update=5"]}
+_LONG = ["train.steps=480", "train.validate_every=40", "train.checkpoint_every=80"]
+LONG = {
+    "distill only, 480 steps": (_LONG + ["rl.algorithm=none"], THREE),
+    "distill + ReFL, 480 steps": (_LONG, THREE),
+}
+# The main job with one knob as it was before the shipped value was chosen on validation (docs/results.md).
+KNOBS = {"lr_guidance 2e-4 (before)": (["train.lr_guidance=2e-4"], (0,))}
 SETS = {"table": TABLE, "coldstart": COLDSTART, "long": LONG, "knobs": KNOBS}
 EXTRA = {"table": ["train.validate_every=20"], "coldstart": [], "long": [], "knobs": ["train.validate_every=20"]}
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+CURVE_KEYS = ("fake_loss", "fake_to_teacher_loss", "teacher_loss_on_generator", "dmd_loss", "reward_world-clip", "renoise_t_mean")
 
 
 def slug(row: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", row.lower()).strip("-")
 
 
+def record_path(set_name: str, row: str, seed: int) -> Path:
+    return RECORDS / set_name / f"{slug(row)}-seed{seed}.json"
+
+
 def run_dir(set_name: str, row: str, seed: int) -> Path:
-    return OUT / set_name / f"{slug(row)}-seed{seed}"
-
-
-# docs/results.md measured every set with 3 fake-score updates per generator update, as the recipe had
-# then; the recipe now uses the authors' 5 (the knobs set's finding), so the sets pin 3 to stay comparable.
-PINNED = ["dmd.fake_updates_per_generator_update=3"]
+    return SCRATCH / set_name / f"{slug(row)}-seed{seed}"
 
 
 def command(set_name: str, row: str, seed: int) -> list[str]:
-    overrides = PINNED + SETS[set_name][row] + EXTRA[set_name]  # a row's own value wins over the pin
+    overrides = SETS[set_name][row][0] + EXTRA[set_name]
     return ["dmdr", "distill", RECIPE, *overrides, f"train.seed={seed}", f"output.dir={run_dir(set_name, row, seed)}"]
 
 
 def python_command(cmd: list[str]) -> list[str]:
-    """`dmdr ...` as `python -m dmdr_cli ...` from this checkout, so that a copy of the repository (e.g. a
-    git worktree of the commit being measured) runs its own code whatever `pip install -e` points at."""
+    """`dmdr ...` as `python -m dmdr_cli ...` from this checkout, whatever `pip install -e` points at."""
     return [sys.executable, "-m", "dmdr_cli", *cmd[1:]]
 
 
+def make_record(set_name: str, row: str, seed: int, folder: Path, seconds: float) -> dict:
+    """What summarize needs from a finished run, without its checkpoints: the student's scores (with the
+    per-prompt units), the run's own paired intervals, the validation curve and a few training curves."""
+    report = json.loads((folder / "report" / "report.json").read_text())
+    validation, curves = [], []
+    for line in (folder / "log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if "val_world_geneval" in entry:
+            validation.append({k: v for k, v in entry.items() if k == "step" or k.startswith("val_")})
+        picked = {k: entry[k] for k in CURVE_KEYS if k in entry}
+        if picked:
+            curves.append({"step": entry["step"], **picked})
+    return {"set": set_name, "row": row, "seed": seed, "command": shlex.join(command(set_name, row, seed)),
+            "seconds": round(seconds, 1), "student_steps": report["student_steps"],
+            "teacher_steps": report["teacher_steps"], "student": _rounded(report["student"]),
+            "paired": report.get("paired", {}), "teacher": {k: v for k, v in report["teacher"].items() if k != "units"},
+            "validation": validation, "curves": curves}
+
+
+def _rounded(value, digits: int = 5):
+    """Per-prompt scores to 5 digits: a record stays small enough to commit, the intervals do not move."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def save_teacher(report: dict) -> None:
+    """The teacher's scores with its per-prompt units, once for the study (every run reads the same cache)."""
+    path = RECORDS / "teacher.json"
+    if not path.is_file():
+        path.write_text(json.dumps({"teacher_steps": report["teacher_steps"], "teacher": _rounded(report["teacher"])}) + "\n")
+
+
 def run_one(set_name: str, row: str, seed: int) -> None:
-    folder = run_dir(set_name, row, seed)
-    if (folder / "report" / "report.json").is_file():
+    target = record_path(set_name, row, seed)
+    if target.is_file():
         return
+    folder = run_dir(set_name, row, seed)
     cmd = command(set_name, row, seed)
-    print(shlex.join(cmd), flush=True)
-    folder.mkdir(parents=True, exist_ok=True)
     resume = ["--resume", "latest"] if (folder / "checkpoints").is_dir() else []
+    if not resume and folder.exists():
+        shutil.rmtree(folder)  # a start that died before its first checkpoint: start over
+    print(shlex.join(cmd + resume), flush=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     start = time.time()
-    with open(folder.parent / f"{folder.name}.out", "w") as out:
+    with open(folder.parent / f"{folder.name}.out", "a") as out:
         code = subprocess.call(python_command(cmd) + resume, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     seconds = time.time() - start
-    with open(OUT / "times.jsonl", "a") as log:
+    with open(RECORDS / "times.jsonl", "a") as log:  # every attempt, finished or not: the budget
         log.write(json.dumps({"set": set_name, "row": row, "seed": seed, "seconds": round(seconds, 1), "exit": code}) + "\n")
+    if code == 0 and (folder / "report" / "report.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_teacher(json.loads((folder / "report" / "report.json").read_text()))
+        target.write_text(json.dumps(make_record(set_name, row, seed, folder, seconds)) + "\n")
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     print(f"{'done' if code == 0 else f'FAILED ({code})'}: {set_name}/{row} seed {seed} in {seconds / 60:.1f} min", flush=True)
 
 
+def jobs_of(set_names: list[str], rows: list[str] | None, seeds: list[int] | None) -> list[tuple[str, str, int]]:
+    """Seed-major order, so that an interrupted study has every row at its first seeds first."""
+    jobs = []
+    for set_name in set_names:
+        for row, (_, row_seeds) in SETS[set_name].items():
+            if not rows or row in rows:
+                jobs += [(set_name, row, s) for s in (seeds if seeds is not None and len(row_seeds) > 1 else row_seeds)]
+    return sorted(jobs, key=lambda job: job[2])
+
+
 def run(args) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    jobs = [(args.set, row, seed) for row in SETS[args.set] for seed in (args.seeds[:1] if row in SEED_FREE else args.seeds)
-            if (not args.rows or row in args.rows) and (args.set, row) not in SAME_RUNS]
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    jobs = jobs_of(["table", "coldstart", "long"] if args.set == "all" else [args.set], args.rows, args.seeds)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: run_one(*job), jobs))
 
 
-SAME_RUNS = {("knobs", "main job as ablated, TTUR 3 (table (a))"): ("table", "distill + ReFL")}  # rows that reuse another set's runs
+# ---------------------------------------------------------------------------------------------------
+# summarize: from docs/study/ alone.
 
-
-def run_folders(set_name: str, row: str) -> list[Path]:
-    set_name, row = SAME_RUNS.get((set_name, row), (set_name, row))
-    return sorted(p for p in (OUT / set_name).glob(f"{slug(row)}-seed*") if p.is_dir())
-
-
-def reports(set_name: str, row: str) -> list[dict]:
-    return [json.loads((f / "report" / "report.json").read_text()) for f in run_folders(set_name, row)
-            if (f / "report" / "report.json").is_file()]
-
-
-def validations(set_name: str, row: str) -> list[dict[int, dict]]:
-    """Per seed: {generator step: validation scalars}."""
-    out = []
-    for log in [f / "log.jsonl" for f in run_folders(set_name, row) if (f / "log.jsonl").is_file()]:
-        steps = {}
-        for line in log.read_text().splitlines():
-            record = json.loads(line)
-            if "val_world_geneval" in record:
-                steps[record["step"]] = record
-        out.append(steps)
-    return out
+def records(set_name: str, row: str) -> list[dict]:
+    folder = RECORDS / set_name
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{slug(row)}-seed*.json"))] if folder.is_dir() else []
 
 
 def columns(m: dict) -> dict[str, float]:
@@ -161,71 +211,118 @@ def mean_std(values: list[float], digits: int) -> str:
 DIGITS = {"GenEval": 3, "DPG": 1, "reward": 3, "FD": 1}
 
 
-def table(set_name: str, teacher: bool) -> str:
-    header = ["row", "seeds", "NFE", "GenEval", "single", "two", "count", "colour", "pos", "attr", "DPG", "world-clip", "FD"]
+def pooled_intervals(found: list[dict]) -> dict[str, str]:
+    """Student minus teacher on per-prompt scores averaged over the row's seeds (same prompts, same noise)."""
+    import numpy as np
+
+    from dmdr_cli.evaluate.paired import paired_mean_difference
+
+    teacher = json.loads((RECORDS / "teacher.json").read_text())["teacher"].get("units", {})
+    per_seed = [r["student"].get("units", {}) for r in found]
+    out = {}
+    for name, digits in (("geneval", 3), ("dpg", 1), ("reward", 3)):
+        if name not in teacher or not all(name in u for u in per_seed):
+            continue
+        keys = [k for k in teacher[name] if all(k in u[name] for u in per_seed)]
+        value = (lambda side, k: side[k][1]) if name == "geneval" else (lambda side, k: side[k])  # [tag, score] / score
+        student = np.mean([[value(u[name], k) for k in keys] for u in per_seed], axis=0)
+        strata = [teacher[name][k][0] for k in keys] if name == "geneval" else None
+        interval = paired_mean_difference(student, [value(teacher[name], k) for k in keys], strata=strata, seed=0)
+        out[name] = interval.format(digits)
+    return out
+
+
+def table(set_name: str) -> str:
+    header = ["row", "seeds", "NFE", "GenEval", "single", "two", "count", "colour", "pos", "attr", "DPG",
+              "world-clip", "FD", "Δ GenEval vs teacher (95%)", "Δ DPG", "Δ world-clip"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    rows = SETS[set_name]
-    first = next((r for row in rows for r in reports(set_name, row)), None)
-    if teacher and first is not None:
+    first = next((r for row in SETS[set_name] for r in records(set_name, row)), None)
+    if first is not None:
         cells = columns(first["teacher"])
-        lines.append("| teacher | - | " + str(2 * first["teacher_steps"]) + " | "
-                     + " | ".join(f"{v:.{DIGITS.get(k, 2)}f}" for k, v in cells.items()) + " |")
-    for row in rows:
-        found = reports(set_name, row)
+        lines.append(f"| teacher | - | {2 * first['teacher_steps']} | "
+                     + " | ".join(f"{v:.{DIGITS.get(k, 2)}f}" for k, v in cells.items()) + " | - | - | - |")
+    for row in SETS[set_name]:
+        found = records(set_name, row)
         if not found:
             continue
         per_seed = [columns(r["student"]) for r in found]
         cells = [mean_std([c[k] for c in per_seed], DIGITS.get(k, 2)) for k in per_seed[0]]
+        paired = pooled_intervals(found)
+        cells += [paired.get(name, "-") for name in ("geneval", "dpg", "reward")]
         lines.append(f"| {row} | {len(found)} | {found[0]['student_steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(set_name: str, key: str, path: Path, title: str) -> None:
+def plot(set_name: str, key: str, path: Path, title: str) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    drawn = False
     for row in SETS[set_name]:
-        seeds = [s for s in validations(set_name, row) if s]
+        seeds = [{v["step"]: v for v in r["validation"]} for r in records(set_name, row) if r["validation"]]
         if not seeds:
             continue
         steps = sorted(set.intersection(*(set(s) for s in seeds)))
         means = [statistics.mean(s[k][key] for s in seeds) for k in steps]
-        ax.plot(steps, means, marker="o", label=f"{row} ({len(seeds)} seeds)")
+        ax.plot(steps, means, marker="o", markersize=3, label=f"{row} ({len(seeds)} seeds)")
         if len(seeds) > 1:
             spread = [statistics.stdev(s[k][key] for s in seeds) for k in steps]
             ax.fill_between(steps, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)], alpha=0.15)
-    ax.set_xlabel("generator step")
-    ax.set_ylabel(key.removeprefix("val_"))
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+        drawn = True
+    if drawn:
+        ax.set_xlabel("generator step")
+        ax.set_ylabel(key.removeprefix("val_") + " (validation prompts)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
     plt.close(fig)
+    return drawn
+
+
+def budget() -> str:
+    path = RECORDS / "times.jsonl"
+    times = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    finished = sum(1 for t in times if t["exit"] == 0)
+    return (f"Budget used: {sum(t['seconds'] for t in times) / 3600:.2f} core-hours by the sum of each attempt's "
+            f"wall time at one torch thread ({len(times)} attempts, {finished} finished; `{path}`).")
 
 
 def summarize(_args) -> None:
-    for set_name, teacher in (("table", True), ("coldstart", False), ("long", True), ("knobs", False)):
-        if not any(reports(set_name, row) for row in SETS[set_name]):
-            print(f"\n### {set_name}: not run")
+    parts = [BEGIN, ""]
+    for set_name in SETS:
+        planned = sum(len(seeds) for _, seeds in SETS[set_name].values())
+        done = sum(len(records(set_name, row)) for row in SETS[set_name])
+        parts.append(f"### Study set `{set_name}` ({done} of {planned} runs logged)\n")
+        if not done:
+            parts.append("Not run yet.\n")
             continue
-        print(f"\n### {set_name}\n\n{table(set_name, teacher)}")
+        parts.append(table(set_name) + "\n")
         for key in ("val_world_geneval", "val_world_distance"):
-            plot(set_name, key, PLOTS / f"{set_name}-{key.removeprefix('val_world_')}.png",
-                 f"{set_name}: {key.removeprefix('val_')} (mean over seeds, band = std)")
-    times = [json.loads(line) for line in (OUT / "times.jsonl").read_text().splitlines()] if (OUT / "times.jsonl").is_file() else []
-    print(f"\nCPU time: {sum(t['seconds'] for t in times) / 3600:.2f} core-hours over {len(times)} runs (one thread each)")
+            name = f"{set_name}-{key.removeprefix('val_world_')}.png"
+            if plot(set_name, key, PLOTS / name, f"{set_name}: {key.removeprefix('val_')} (mean over seeds, band = std)"):
+                parts.append(f"![{set_name}: {key.removeprefix('val_')} against step](ablations/{name})\n")
+    parts += [budget(), "", END]
+    block = "\n".join(parts)
+    print(block)
+    text = RESULTS.read_text() if RESULTS.is_file() else ""
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n## The study\n\n" + block + "\n"
+    RESULTS.write_text(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
     go = sub.add_parser("run")
-    go.add_argument("set", choices=sorted(SETS))
-    go.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    go.add_argument("set", choices=[*sorted(SETS), "all"])
+    go.add_argument("--seeds", type=int, nargs="+", help="instead of each row's own seeds (rows without seeds keep theirs)")
     go.add_argument("--jobs", type=int, default=2)
     go.add_argument("--rows", nargs="*", help="only these rows (names as in the tables)")
     go.set_defaults(fn=run)

@@ -32,6 +32,7 @@ def keyed_noise(family, n: int, resolution: int, *key) -> torch.Tensor:
     return torch.cat([family.noise(1, resolution, resolution, generator=keyed_generator(*key, i)) for i in range(n)])
 
 
+@torch.no_grad()  # a trainable generator would otherwise keep every batch's graph alive in the returned images
 def student_images(ctx, cond, seed: int, tag: str = "grid", batch: int = 64) -> torch.Tensor:
     """Images of the current student for `cond`, one fixed noise per row (the same at every step)."""
     noise = keyed_noise(ctx.family, cond.batch_size, ctx.cfg.model.resolution, seed, tag)

@@ -26,6 +26,7 @@ from .. import __version__
 from ..errors import DmdrError
 from ..evaluate import report as reports
 from ..evaluate import sample_sets, world_bench
+from ..evaluate.paired_report import paired_differences
 from ..runtime.distributed import Dist
 from .sample import SampleOptions, run_sample
 
@@ -216,7 +217,7 @@ def _score(bench: str, folder: Path, subject: Subject, judges: Judges, options: 
     settings = sample_sets.read_settings(folder)
     base = {"samples": str(folder.resolve()), "sampling": settings}
     if bench == "scores":
-        from ..evaluate.scores import default_workers, dist_score_rows, summarize_scores
+        from ..evaluate.scores import default_workers, dist_score_rows, per_prompt_scores, summarize_scores
 
         rows = sample_sets.read_samples_jsonl(folder)
         workers = default_workers(dist.device) if options.workers is None else options.workers
@@ -225,7 +226,8 @@ def _score(bench: str, folder: Path, subject: Subject, judges: Judges, options: 
         if results is None:
             return None
         return {**base, "prompts": settings.get("prompts", f"samples.jsonl of {folder}"),
-                "metrics": summarize_scores(results, judges.scores)}
+                "metrics": summarize_scores(results, judges.scores),
+                "per_prompt": per_prompt_scores(results, judges.scores)}
     if subject.world:
         if not dist.is_main:
             return None  # the exact detector reads a world folder in seconds: no need to split it
@@ -235,7 +237,7 @@ def _score(bench: str, folder: Path, subject: Subject, judges: Judges, options: 
         if bench == "dpg":
             return {**base, "prompt_set": settings.get("prompts", f"{world_bench.ITEMS_FILE} of {folder}"),
                     **world_bench.dpg_folder(folder)}
-        return {**base, **world_bench.distance_folder(folder)}
+        return {**base, **world_bench.distance_folder(folder, features_path=report_dir / world_bench.FEATURES_FILE)}
     from ..evaluate import benches
 
     if bench == "geneval":
@@ -314,8 +316,9 @@ def _print_headline(report: dict, report_dir: Path, console: Console) -> None:
 
 def run_compare(dir_a: Path, dir_b: Path, out: Path | None = None, *, options: EvaluateOptions | None = None,
                 evaluate_images: bool = False, console: Console | None = None) -> Path:
-    """Teacher vs student: a table of both reports' numbers and grids of the same prompts and seeds side by
-    side. Image folders without a report are evaluated first when `evaluate_images` (--bench given)."""
+    """Teacher vs student: a table of both reports' numbers, paired B - A intervals over the prompts (items,
+    images) both reports hold (paired_report.py), and grids of the same prompts and seeds side by side. Image
+    folders without a report are evaluated first when `evaluate_images` (--bench given)."""
     console = console or Console(highlight=False)
     out = Path(out) if out is not None else Path("reports") / f"{Path(dir_a).name}-vs-{Path(dir_b).name}"
     sides = []
@@ -325,6 +328,23 @@ def run_compare(dir_a: Path, dir_b: Path, out: Path | None = None, *, options: E
             run_evaluate(images=folder, report_dir=out / name, options=options, console=console)
             side = {**reports.open_side(out / name), "label": folder.name}
         sides.append(side)
-    reports.write_comparison(out, *sides)
+    paired = paired_differences(*sides)
+    reports.write_comparison(out, *sides, paired=paired)
+    _print_paired(paired, console)
     console.print(f"[green]comparison[/] {out / reports.REPORT_MD}")
     return out
+
+
+def _print_paired(paired: dict, console: Console) -> None:
+    """The B - A intervals (paired_report.py), and one line for each bench that has none and why."""
+    from ..evaluate.paired_report import format_row, title
+
+    if paired["rows"]:
+        table = Table(title=title(paired), title_justify="left")
+        for column, justify in (("metric", "left"), ("paired units", "right"), ("B - A [95% interval]", "right")):
+            table.add_column(column, justify=justify)
+        for row in paired["rows"]:
+            table.add_row(row["metric"], f"{row['paired']} {row['units']}", format_row(row))
+        console.print(table)
+    for note in paired["notes"]:
+        console.print(f"[yellow]note[/] {note}")

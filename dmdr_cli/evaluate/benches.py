@@ -22,7 +22,8 @@ from ..errors import DmdrError
 from ..runtime.distributed import Dist
 from .dpg import AnswerFn, evaluate_dpg, grid_image_paths, load_dpg_csv
 from .geneval_folder import read_prompt_folders
-from .geneval_score import image_result, summarize, summary_counts, write_results_jsonl
+from .geneval_score import image_result, prompt_units, summarize, summary_counts, write_results_jsonl
+from .paired import unit_key
 from .shards import gather_records, share
 
 DETECTOR_NOTE = ("Mask2Former Swin-S (COCO instance) through transformers + CLIP ViT-L/14 colour classifier; "
@@ -51,7 +52,8 @@ def geneval_folder_scores(root: Path, detect, color_classifier, dist: Dist, scra
     if merged is None:
         return None
     merged.sort(key=lambda r: r["index"])  # tasks are reported in order of first appearance
-    summary = {"scores": summarize(merged), **summary_counts(merged)}
+    units = [unit_key(samples[r["index"]][1].index, samples[r["index"]][1].metadata["prompt"]) for r in merged]
+    summary = {"scores": summarize(merged), **summary_counts(merged), "units": prompt_units(units, merged)}
     if results_file is not None:
         summary["results"] = str(write_results_jsonl(results_file, merged))
     failures = [{k: r[k] for k in ("filename", "prompt", "reason")} for r in merged if not r["correct"]]
@@ -111,7 +113,8 @@ def dpg_folder_scores(root: Path, csv: Path, answer: AnswerFn, dist: Dist, scrat
                           **_merge_means([p["categories"] for p in parts])},
                "subcategories": _merge_means([p["subcategories"] for p in parts]), "prompts": len(per_item),
                "dropped": sorted(d for p in parts for d in p["dropped"]),
-               "arithmetic": dpg_arithmetic(all_rows, lenient_yes), "all_rows": all_rows, "lenient_yes": lenient_yes}
+               "arithmetic": dpg_arithmetic(all_rows, lenient_yes), "all_rows": all_rows, "lenient_yes": lenient_yes,
+               "units": {k: 100 * float(per_item[k]) for k in sorted(per_item)}}  # per item id, 0-100
     if answers_file is not None:
         order = {item.item_id: k for k, item in enumerate(items)}
         answers = sorted((a for p in parts for a in p["answers"]), key=lambda a: (order[a["item_id"]], a["tile"]))

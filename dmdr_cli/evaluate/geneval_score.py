@@ -184,3 +184,13 @@ def write_results_jsonl(path: Path, results: Iterable[Mapping]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({k: r[k] for k in RESULT_KEYS}) + "\n" for r in results), encoding="utf-8")
     return path
+
+
+def prompt_units(unit_of_image: Sequence[str], results: Sequence[Mapping]) -> dict[str, list]:
+    """{prompt unit: [tag, fraction of its images correct]} from per-image records in the same order as
+    `unit_of_image`: what `dmdr evaluate --compare` pairs across two reports (GenEval's overall is then the
+    mean over tasks of the mean over each task's prompts)."""
+    from .paired import unit_means
+
+    tags = {unit: r["tag"] for unit, r in zip(unit_of_image, results, strict=True)}
+    return unit_means(tags, unit_of_image, [r["correct"] for r in results])

@@ -81,3 +81,21 @@ def paired_mean_difference(student, teacher, *, strata: Sequence | None = None, 
         return float(np.mean([delta[idx][picked == g].mean() for g in dict.fromkeys(picked.tolist())]))
 
     return bootstrap_interval(delta.size, mean_of_means, strata=strata, **options)
+
+
+def unit_key(index, prompt: str) -> str:
+    """What names one prompt across two models' sample folders: its index in the prompt set and its text,
+    so two folders of different prompt sets do not pair by position alone ("00012|a red cube")."""
+    if isinstance(index, int):
+        return f"{index:05d}|{prompt}"
+    return prompt if index == prompt else f"{index}|{prompt}"
+
+
+def unit_means(labels: dict[str, str], unit_of_image: Sequence[str], values) -> dict[str, list]:
+    """{unit: [its label, the mean of its images' values]}, units in order of first appearance."""
+    sums: dict[str, list[float]] = {}
+    for unit, value in zip(unit_of_image, values, strict=True):
+        total = sums.setdefault(unit, [0.0, 0])
+        total[0] += float(value)
+        total[1] += 1
+    return {unit: [labels[unit], total / count] for unit, (total, count) in sums.items()}

@@ -5,12 +5,18 @@ and the side-by-side comparison of two reports or image folders (`dmdr evaluate 
 A report dict looks like
 
     {"subject": {"label", "model", "images", "kind", "steps", "nfe", "cfg", "world"},
-     "benches": {"scores": {"samples", "prompts", "metrics": {name: {"mean", "ci95", "column", ...}}},
+     "benches": {"scores": {"samples", "prompts", "metrics": {name: {"mean", "ci95", "column", ...}},
+                            "per_prompt": {"metrics": [name], "prompts": {unit: [mean per metric]}}},
                  "geneval": {"samples", "prompt_set", "detector", "scores": {task: accuracy, "overall"},
-                             "correct_images", "correct_prompts", "results"},
+                             "correct_images", "correct_prompts", "results", "units": {unit: [task, fraction]}},
                  "dpg": {"samples", "prompt_set", "vqa", "arithmetic", "scores": {"overall", category: 0-100},
-                         "answers"},
-                 "world-distance": {"samples", "distance", "drift", ...}}}
+                         "answers", "units": {item_id: 0-100}},
+                 "world-distance": {"samples", "distance", "drift", "features_file", ...}}}
+
+A unit is one prompt, named by its index in the prompt set and its text (`paired.unit_key`), or one DPG item
+(DPG-Bench: its id; the shapes world: its id and prompt text, world ids being positions); "features_file"
+(world_distance_features.npz, next to report.json) holds world-distance's per-image features. They are what
+`--compare` pairs for its B - A intervals (paired_report.py).
 """
 
 from __future__ import annotations
@@ -196,24 +202,29 @@ def open_side(folder: Path) -> dict:
     if (folder / REPORT_JSON).is_file():
         report = json.loads((folder / REPORT_JSON).read_text())
         samples = {b: Path(d["samples"]) for b, d in report["benches"].items() if d.get("samples")}
-        return {"label": report["subject"]["label"], "report": report, "samples": samples}
+        return {"label": report["subject"]["label"], "report": report, "samples": samples, "folder": folder}
     if (folder / SAMPLES_FILE).is_file():
-        return {"label": folder.name, "report": None, "samples": {"images": folder}}
+        return {"label": folder.name, "report": None, "samples": {"images": folder}, "folder": folder}
     raise DmdrError(f"--compare {folder}: neither a report folder (report.json) nor an image folder written by "
                     f"`dmdr sample` (samples.jsonl)")
 
 
-def write_comparison(out: Path, a: dict, b: dict) -> list[Path]:
-    """compare.json, report.md (table A vs B and B - A), grouped task bars and side-by-side grids."""
+def write_comparison(out: Path, a: dict, b: dict, paired: dict | None = None) -> list[Path]:
+    """compare.json, report.md (table A vs B and B - A, then the paired B - A intervals), grouped task bars
+    and side-by-side grids. `paired`: paired_report.paired_differences(a, b), computed here when not given."""
+    from . import paired_report
+
     out.mkdir(parents=True, exist_ok=True)
+    paired = paired_report.paired_differences(a, b) if paired is None else paired
     labels = [a["label"], b["label"]] if a["label"] != b["label"] else [f"A: {a['label']}", f"B: {b['label']}"]
     rows = [headline(side["report"]) if side["report"] else {} for side in (a, b)]
     columns = list(dict.fromkeys([*rows[0], *rows[1]]))
     table = [[c, rows[0].get(c), rows[1].get(c), _difference(rows[0].get(c), rows[1].get(c))] for c in columns]
-    written = [_write_json(out / COMPARE_JSON, {"labels": labels, "a": rows[0], "b": rows[1]})]
+    written = [_write_json(out / COMPARE_JSON, {"labels": labels, "a": rows[0], "b": rows[1], "paired": paired})]
     lines = [f"# {labels[0]} vs {labels[1]}", ""]
     if table:
         lines += _table(["", labels[0], labels[1], "B - A"], table) + [""]
+    lines += paired_report.markdown(paired)
     reports = [side["report"] for side in (a, b)]
     if all(reports):
         chart = task_chart(reports, labels, out / COMPARE_PNG)

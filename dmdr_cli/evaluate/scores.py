@@ -21,6 +21,7 @@ import yaml
 
 from ..errors import DmdrError
 from ..runtime.distributed import Dist
+from .paired import unit_key
 from .stats import bootstrap_mean_ci
 
 DEFAULT_METRICS = ("clip", "aesthetic", "pick", "hps")
@@ -166,10 +167,8 @@ def summarize_scores(results: list[dict], models: list[ScoreModel]) -> dict[str,
     """Per metric: printed mean and 95% CI over prompts, with units and the weights used."""
     out = {}
     for m in models:
-        per_prompt: dict[int, list[float]] = {}
-        for r in results:
-            per_prompt.setdefault(r["prompt_index"], []).append(r[m.metric.name])
-        ci = bootstrap_mean_ci([np.mean(v) for _, v in sorted(per_prompt.items())])
+        per_prompt = _prompt_means(results, m.metric.name)
+        ci = bootstrap_mean_ci(list(per_prompt.values()))
         scale = m.metric.scale
         out[m.metric.name] = {
             "mean": scale * ci.mean, "ci95": [scale * ci.low, scale * ci.high], "n_prompts": ci.n,
@@ -177,6 +176,34 @@ def summarize_scores(results: list[dict], models: list[ScoreModel]) -> dict[str,
             "column": m.metric.column, "weights": m.describe(),
         }
     return out
+
+
+def per_prompt_scores(results: list[dict], models: list[ScoreModel]) -> dict:
+    """{"metrics": [names], "prompts": {unit: [each metric's mean over the prompt's images, printed units,
+    7 significant digits]}}, the unit being the prompt's index and text (`paired.unit_key`): what
+    `dmdr evaluate --compare` pairs across two reports. One table for all metrics keeps report.json small
+    (about 100 KB for 600 prompts)."""
+    means = {m.metric.name: _prompt_means(results, m.metric.name) for m in models}
+    texts: dict = {}
+    for r in results:
+        texts.setdefault(r["prompt_index"], r["prompt"])
+    order = sorted(texts, key=_index_order)
+    return {"metrics": [m.metric.name for m in models],
+            "prompts": {unit_key(k, texts[k]): [float(f"{m.metric.scale * means[m.metric.name][k]:.7g}")
+                                                for m in models] for k in order}}
+
+
+def _prompt_means(results: list[dict], name: str) -> dict:
+    """{prompt index: mean of its images' raw scores}, prompts in index order."""
+    per_prompt: dict = {}
+    for r in results:
+        per_prompt.setdefault(r["prompt_index"], []).append(r[name])
+    return {k: float(np.mean(per_prompt[k])) for k in sorted(per_prompt, key=_index_order)}
+
+
+def _index_order(index) -> tuple:
+    """Prompt indices in order: numbers first (numerically), then prompt texts (folders without indices)."""
+    return (0, index, "") if isinstance(index, int) else (1, 0, str(index))
 
 
 def default_workers(device: torch.device) -> int:

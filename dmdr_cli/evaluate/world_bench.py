@@ -36,7 +36,8 @@ from .dpg import DpgItem, DpgQuestion, DpgReport, evaluate_dpg, make_grid
 from .frechet import frechet_between
 from .geneval_folder import read_prompt_folders
 from .geneval_prompts import Vocabulary
-from .geneval_score import score_image, summarize
+from .geneval_score import prompt_units, score_image, summarize
+from .paired import unit_key, unit_means
 from .world_features import feature_drift, feature_matrix
 
 WORLD_VOCABULARY = Vocabulary(SHAPES, COLORS)
@@ -197,12 +198,17 @@ def reference_renders(entries: Sequence[dict], size: int, seed: int = 0) -> list
 
 def distance_summary(images: Sequence[np.ndarray], entries: Sequence[dict], seed: int = 0) -> dict:
     """{"distance", "drift", "n"}: generated images against real renders of the same entries."""
+    generated, real = distance_features(images, entries, seed)
+    return {"distance": frechet_between(generated, real), "drift": feature_drift(generated, real), "n": len(images)}
+
+
+def distance_features(images: Sequence[np.ndarray], entries: Sequence[dict],
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(generated, real) (n, d) features: the images', and those of a real render of each image's entry."""
     if len(images) < 2:
         raise DmdrError(f"world-distance needs at least 2 images, got {len(images)}")
-    size = images[0].shape[0]
-    generated = feature_matrix(images)
-    real = feature_matrix(reference_renders(entries, size, seed))
-    return {"distance": frechet_between(generated, real), "drift": feature_drift(generated, real), "n": len(images)}
+    real = feature_matrix(reference_renders(entries, images[0].shape[0], seed))
+    return feature_matrix(images), real
 
 
 def world_metrics(images, entries: Sequence[dict], *, seed: int = 0,
@@ -240,7 +246,7 @@ def world_evaluation(images, entries: Sequence[dict], *, seed: int = 0,
         details["records"] = records
         out["geneval"] = summarize(records)
         if all("unit" in entries[i] for i in geneval):
-            units["geneval"] = _unit_means({entries[i]["unit"]: entries[i]["tag"] for i in geneval},
+            units["geneval"] = unit_means({entries[i]["unit"]: entries[i]["tag"] for i in geneval},
                                            [entries[i]["unit"] for i in geneval], [r["correct"] for r in records])
     if dense:
         report = _dpg_in_memory([arrays[i] for i in dense], [entries[i] for i in dense])
@@ -259,21 +265,11 @@ def world_evaluation(images, entries: Sequence[dict], *, seed: int = 0,
             scores = reward(tensor, [e["prompt"] for e in entries]).float().cpu().numpy()
         out["reward"] = float(scores.mean())
         if all("unit" in e for e in entries):
-            units["reward"] = {u: v[1] for u, v in _unit_means({e["unit"]: "" for e in entries},
+            units["reward"] = {u: v[1] for u, v in unit_means({e["unit"]: "" for e in entries},
                                                                 [e["unit"] for e in entries], scores).items()}
     if units and all("unit" in e for e in entries):
         out["units"] = units
     return out, details
-
-
-def _unit_means(labels: dict[str, str], unit_of_image: list[str], values) -> dict[str, list]:
-    """{unit: [its label, the mean of its images' values]}, units in order of first appearance."""
-    sums: dict[str, list[float]] = {}
-    for unit, value in zip(unit_of_image, values):
-        total = sums.setdefault(unit, [0.0, 0])
-        total[0] += float(value)
-        total[1] += 1
-    return {unit: [labels[unit], total / count] for unit, (total, count) in sums.items()}
 
 
 def _dpg_in_memory(tiles: list[np.ndarray], entries: list[dict]) -> DpgReport:
@@ -314,7 +310,8 @@ def geneval_folder(root: str | Path, results_path: Path | None = None) -> dict:
     if results_path is not None:
         write_results(results_path, results)
     return {"scores": summarize(results), "images": len(results), "prompts": len(prompts), "detector": DETECTOR,
-            "failures": [r for r in results if not r["correct"]][:20]}
+            "failures": [r for r in results if not r["correct"]][:20],
+            "units": prompt_units([unit for unit, _ in image_units(root)], results)}
 
 
 def geneval_files(root: str | Path) -> list[str]:
@@ -322,11 +319,33 @@ def geneval_files(root: str | Path) -> list[str]:
     return [str(path) for entry in read_prompt_folders(root, WORLD_VOCABULARY) for path in entry.samples]
 
 
-def distance_folder(root: str | Path, seed: int = 0) -> dict:
+def image_units(root: str | Path) -> list[tuple[str, int]]:
+    """(prompt unit, sample index) of each image of a GenEval-layout folder, in `read_geneval_folder`'s order;
+    the unit is the prompt folder's index and prompt text (`paired.unit_key`)."""
+    return [(unit_key(entry.index, entry.metadata["prompt"]), k)
+            for entry in read_prompt_folders(root, WORLD_VOCABULARY) for k in range(len(entry.samples))]
+
+
+FEATURES_FILE = "world_distance_features.npz"
+
+
+def distance_folder(root: str | Path, seed: int = 0, features_path: Path | None = None) -> dict:
+    """World-distance of a folder; with `features_path`, the per-image features of the generated images and of
+    their real renders go there (npz: "generated", "real" float32 (n, d), "keys" "<unit>#<sample>"), so that
+    `dmdr evaluate --compare` can bootstrap the difference of two models' distances over paired images."""
     images, metadata, _ = read_geneval_folder(root)
-    summary = distance_summary(images, metadata, seed)
+    generated, real = distance_features(images, metadata, seed)
+    summary = {"distance": frechet_between(generated, real), "drift": feature_drift(generated, real),
+               "n": len(images)}
     summary["features"] = "detector readings + pixel statistics (evaluate/world_features.py)"
     summary["reference"] = f"render_for on the same metadata, image i from default_rng([{seed}, i])"
+    if features_path is not None:
+        keys = np.array([f"{unit}#{k}" for unit, k in image_units(root)])
+        features_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = features_path.with_name(f".{features_path.stem}.tmp.npz")
+        np.savez_compressed(tmp, generated=generated.astype(np.float32), real=real.astype(np.float32), keys=keys)
+        tmp.replace(features_path)
+        summary["features_file"] = features_path.name
     return summary
 
 
@@ -348,4 +367,7 @@ def dpg_folder(root: str | Path) -> dict:
     items = read_items(root)
     report = dpg_report(items, grid_image_paths(root, [as_dpg_item(item) for item in items]))
     return {"scores": dpg_summary(report), "subcategories": report.subcategories, "prompts": report.n_prompts,
-            "vqa": f"{DETECTOR} + world/answer.py"}
+            "vqa": f"{DETECTOR} + world/answer.py",
+            # per item, 0-100; keyed by id and prompt text: world item ids are positions ("shapes-0003")
+            "units": {unit_key(item["item_id"], item["prompt"]): 100 * report.per_item[item["item_id"]]
+                      for item in items if item["item_id"] in report.per_item}}

@@ -170,10 +170,9 @@ def paired_intervals(student: dict, teacher: dict, student_features=None, teache
             out[task] = paired_mean_difference(s[mine], t[mine], seed=seed).as_dict()
     for name in ("dpg", "reward"):
         if name in su and name in tu:
-            units = [u for u in su[name] if u in tu[name]]
-            value = (lambda side, u: side[u]) if name == "dpg" else (lambda side, u: side[u][1])
-            out[name] = paired_mean_difference([value(su[name], u) for u in units],
-                                               [value(tu[name], u) for u in units], seed=seed).as_dict()
+            units = [u for u in su[name] if u in tu[name]]  # {unit: score} on both sides
+            out[name] = paired_mean_difference([su[name][u] for u in units], [tu[name][u] for u in units],
+                                               seed=seed).as_dict()
     if student_features is not None and teacher_features is not None and real_features is not None:
         a, b, r = (np.asarray(x, dtype=np.float64) for x in (student_features, teacher_features, real_features))
         out["distance"] = bootstrap_interval(

@@ -83,6 +83,11 @@ def test_score_table_of_an_image_folder(teacher_samples, score_weights, tiny_ope
                 per_prompt.append(reward(images, [prompt, prompt]).mean().item())
         expected = bootstrap_mean_ci(per_prompt)
         assert metrics[name]["mean"] == pytest.approx(100 * expected.mean, abs=1e-4)
+        # per prompt (index and text), for a later --compare to pair
+        table = report["benches"]["scores"]["per_prompt"]
+        column = table["metrics"].index(name)
+        assert {k: v[column] for k, v in table["prompts"].items()} == pytest.approx(
+            {f"{p:05d}|{prompt}": 100 * v for p, (prompt, v) in enumerate(zip(PROMPTS, per_prompt))}, abs=1e-4)
         assert metrics[name]["ci95"] == pytest.approx([100 * expected.low, 100 * expected.high], abs=1e-4)
     hps = metrics["hps"]
     assert (hps["n_prompts"], hps["n_images"], hps["units"]) == (2, 4, "100 x cosine")
@@ -148,6 +153,7 @@ def test_dpg_with_a_pluggable_vqa_matches_the_dpg_scorer(dpg_folder, flags, tmp_
     assert dpg["arithmetic"].startswith("official" if not flags else "NOT official") and dpg["arithmetic"] in markdown
     answers = [json.loads(line) for line in (out / "dpg_answers.jsonl").read_text().splitlines()]
     assert answers == expected.answers and dpg["answers"] == str(out / "dpg_answers.jsonl")
+    assert dpg["units"] == pytest.approx({k: 100 * v for k, v in expected.per_item.items()})  # per item, 0-100
 
 
 def fake_processes(monkeypatch, world_size: int):
@@ -168,6 +174,7 @@ def test_dpg_split_over_processes_equals_one_process(dpg_folder, monkeypatch, tm
     assert merged[:2] == [None, None]
     assert merged[2]["scores"] == pytest.approx(single["scores"])
     assert merged[2]["subcategories"] == pytest.approx(single["subcategories"])
+    assert merged[2]["units"] == pytest.approx(single["units"]) and len(single["units"]) == 2
     assert (tmp_path / "split.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
 
 
@@ -192,9 +199,15 @@ def test_geneval_detector_path_and_its_split(tiny_sd, tiny_mask2former, tiny_cli
     lines = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     assert len(lines) == 12 and set(lines[0]) == {"filename", "tag", "prompt", "correct", "reason", "metadata",
                                                   "details"}
+    # per prompt: [task, fraction of its 4 images correct], keyed by prompt folder index and text
+    expected_units = {f"{p:05d}|{lines[4 * p]['prompt']}": ["single_object", np.mean([r["correct"] for r in
+                                                                                      lines[4 * p:4 * p + 4]])]
+                      for p in range(3)}
+    assert single["units"] == expected_units
     merged = [geneval_folder_scores(out, detect, tiny_clip, d, tmp_path / "s", results_file=tmp_path / "split.jsonl")
               for d in fake_processes(monkeypatch, 2)]
     assert merged[1]["scores"] == single["scores"] and merged[1]["images"] == 12
+    assert merged[1]["units"] == expected_units
     assert (tmp_path / "split.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
 
 

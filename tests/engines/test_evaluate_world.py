@@ -90,6 +90,7 @@ def test_clean_renders_are_perfect_and_at_distance_zero(clean_geneval, clean_dpg
     dpg = report_of(tmp_path / "d")["benches"]["dpg"]
     assert dpg["scores"]["overall"] == 100.0 and set(dpg["scores"]) >= {"overall", "entity", "attribute", "relation"}
     assert all(v == 100.0 for v in dpg["scores"].values()) and dpg["prompts"] == 6
+    assert dpg["units"] == {f"{item['item_id']}|{item['prompt']}": 100.0 for item in world_bench.read_items(clean_dpg)}
 
 
 def test_degraded_images_score_worse_and_drift(clean_geneval, degraded_geneval):
@@ -167,11 +168,33 @@ def test_a_world_teacher_end_to_end(tiny_sd_pixel, tmp_path):
 def test_compare_two_world_reports(clean_geneval, degraded_geneval, tmp_path):
     for name, folder in (("clean", clean_geneval), ("degraded", degraded_geneval)):
         ok("evaluate", "--images", folder, "--bench", "geneval,world-distance", "--report", tmp_path / name)
-    ok("evaluate", "--compare", tmp_path / "clean", tmp_path / "degraded", "--report", tmp_path / "cmp")
+    units = report_of(tmp_path / "clean")["benches"]["geneval"]["units"]
+    assert len(units) == 24 and next(iter(units)) == "00000|" + json.loads(
+        (clean_geneval / "00000" / "metadata.jsonl").read_text())["prompt"]
+    features = np.load(tmp_path / "degraded" / world_bench.FEATURES_FILE)
+    assert features["generated"].shape == features["real"].shape == (96, len(FEATURE_NAMES))
+    result = ok("evaluate", "--compare", tmp_path / "clean", tmp_path / "degraded", "--report", tmp_path / "cmp")
     table = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert table["a"]["world-GenEval"] == 1.0 and table["b"]["world-GenEval"] < 1.0
     assert table["b"]["world distance"] > table["a"]["world distance"]
     assert (tmp_path / "cmp" / "compare_tasks.png").is_file() and (tmp_path / "cmp" / "compare_geneval.png").is_file()
+
+    # paired B - A intervals: every prompt and image pairs, so the estimates are the tables' differences
+    rows = {row["metric"]: row for row in table["paired"]["rows"]}
+    geneval, distance = rows["world-GenEval"], rows["world distance"]
+    assert geneval["estimate"] == pytest.approx(table["b"]["world-GenEval"] - 1.0, abs=1e-12)
+    assert (geneval["paired"], geneval["resamples"], distance["paired"]) == (24, 1000, 96)
+    assert distance["estimate"] == pytest.approx(table["b"]["world distance"] - table["a"]["world distance"], rel=1e-4)
+    assert geneval["low"] <= geneval["estimate"] <= geneval["high"] < 0 < distance["low"] <= distance["estimate"]
+    assert set(rows) == {"world-GenEval", "world distance", *(f"world-GenEval {task}" for task in geneval_tasks(units))}
+    markdown = (tmp_path / "cmp" / "report.md").read_text()
+    assert "## B - A, paired" in markdown
+    assert f"| world distance | 96 images | {distance['estimate']:+.3f} [" in markdown
+    assert "world-GenEval position" in result.output and table["paired"]["notes"] == []
+
+
+def geneval_tasks(units: dict) -> set[str]:
+    return {tag for tag, _ in units.values()}
 
 
 def test_world_distance_of_a_real_model_is_refused(tiny_sd, tmp_path):

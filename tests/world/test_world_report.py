@@ -64,15 +64,19 @@ def test_teacher_scores_are_cached_per_prompt_and_read_back(tmp_path, monkeypatc
 def test_paired_intervals_of_a_model_against_itself_are_zero_and_a_worse_one_is_below():
     entries = _entries()
     images = _renders(entries)
-    metrics, details = world_bench.world_evaluation(images, entries)
+    def brightness(pixels, prompts):  # a reward: per-image scores, averaged per prompt into units
+        return pixels.mean(dim=(1, 2, 3))
+
+    metrics, details = world_bench.world_evaluation(images, entries, reward=brightness)
     same = report.paired_intervals(metrics, metrics, details["features"], details["features"],
                                    details["real_features"])
-    assert set(same) == {"geneval", *report.TASKS, "dpg", "distance"}
+    assert set(same) == {"geneval", *report.TASKS, "dpg", "reward", "distance"}
     assert all(ci["low"] == ci["high"] == ci["estimate"] == 0 for ci in same.values())
     blank = torch.full_like(images, 40 / 255)  # the background only: nothing drawn
-    worse, worse_details = world_bench.world_evaluation(blank, entries)
+    worse, worse_details = world_bench.world_evaluation(blank, entries, reward=brightness)
     diff = report.paired_intervals(worse, metrics, worse_details["features"], details["features"],
                                    details["real_features"])
     assert diff["geneval"]["high"] < 0 and diff["dpg"]["high"] < 0 and diff["distance"]["low"] > 0
+    assert diff["reward"]["high"] < 0  # the mean over prompts of per-prompt means, not over images
     text = report.render_intervals(metrics, worse, diff, entries)
     assert all(len(line) <= 100 for line in text.splitlines()) and "world-GenEval" in text and "[" in text
