@@ -6,6 +6,7 @@ Model: a frozen base Linear stack with two LoRA-like adapters on it (the shared-
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -126,8 +127,12 @@ def main(out: Path) -> None:
         red.remove()
     res["sharded_vs_replicated"] = max((a - b).abs().max().item() for a, b in zip(final["none"], final["optimizer"]))
     (out / f"rank{rank}.json").write_text(json.dumps(res))
-    tdist.barrier()  # both ranks done with every collective before the group goes away
-    tdist.destroy_process_group()
+    tdist.barrier()  # every rank done with every collective and its results written
+    # then leave without tearing gloo down: its teardown at exit aborts now and then on a loaded machine
+    # ("terminate called without an active exception", after the results are written; pytorch#179291)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
