@@ -3,7 +3,8 @@
 # text encoders), the project's own generator update with and without ReFL (s/step, peak GiB, ratio to
 # the sum of its plain passes), and the peer-layout reference (../shared/bench/ref_dmdr_step.py, copied
 # into the git-ignored .devbench/) on the same machine for the time ratio; then the evaluation throughput of
-# the four score models at real size, batch 64 (target: >= 50 images/s together).
+# the four score models at real size, batch 64 (target: >= 50 images/s together). On a machine with 2 or more
+# GPUs, the SDXL full fine-tune with train.sharding: optimizer over all of them as well.
 # Usage (device machine, repo root): bash bench/gpu_check.sh [OUT_DIR]
 #        (any machine, no GPU: same sequence on small models): bash bench/gpu_check.sh OUT_DIR --tiny
 # Needs diffusers, pydantic, open_clip_torch and ftfy there: carry them as wheels in .whl/ (README, Benchmarks).
@@ -34,6 +35,15 @@ run sdxl_b4_full_gc_refl python3 $S "${unet[@]}" --batch 4 --finetune full --gc 
 if [ -f .devbench/ref_dmdr_step.py ]; then
   (cd .devbench && run peer_sdxl_b4_gc python3 ref_dmdr_step.py $peer --batch 4 --refl 0 --gc 1 --steps 2)
   (cd .devbench && run peer_sdxl_b4_gc_refl python3 ref_dmdr_step.py $peer --batch 4 --refl 1 --gc 1 --steps 2)
+fi
+# SDXL full fine-tune sharded (train.sharding: optimizer, ZeroRedundancyOptimizer) over every GPU of the machine:
+# peak GiB of the largest rank against sdxl_b4_full_gc above (dmdr distill --dry-run --processes N predicts it);
+# needs 2 GPUs (--tiny: 2 CPU processes, gloo)
+if [ "$tiny" = "--tiny" ]; then ngpu=2; else ngpu=$(nvidia-smi -L | wc -l); fi
+if [ "$ngpu" -ge 2 ]; then
+  run sdxl_b4_full_gc_sharded python3 -m torch.distributed.run --nproc_per_node "$ngpu" --master_port 29561 $S "${unet[@]}" --batch 4 --finetune full --gc 1 --refl 0 --sharding optimizer
+else
+  echo '{"label": "sdxl_b4_full_gc_sharded", "skipped": "one GPU: sharding needs 2 or more"}' | tee -a "$out/results.jsonl"
 fi
 run sd35l_b2_lora_gc_refl python3 $S "${mmdit[@]}" --batch 2 --finetune lora --gc 1 --refl 1 --steps 1
 run sd3m_b4_lora_gc_refl python3 $S "${mmdit_m[@]}" --batch 4 --finetune lora --gc 1 --refl 1

@@ -13,6 +13,9 @@ Usage:
   python bench/step_overhead.py --model cpu                       # CPU, >= 50 ms per forward
   python bench/step_overhead.py --model sdxl --batch 4 --refl 1 --gc 1 --finetune full
   python bench/step_overhead.py --model sd35l --batch 2 --refl 1 --gc 1 --finetune lora
+  torchrun --nproc_per_node 2 bench/step_overhead.py --model sdxl --batch 4 --gc 1 --sharding optimizer
+    (several processes: the engine's bucketed gradient reducer, ZeroRedundancyOptimizer when sharded; the
+     peak is the largest over the ranks, comm_MiB what each rank sent per generator update)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -36,7 +40,8 @@ from dmdr_cli.families import FAMILIES  # noqa: E402
 from dmdr_cli.families.base import Components, Cond  # noqa: E402
 from dmdr_cli.families.schedules import DiscreteSchedule  # noqa: E402
 from dmdr_cli.recipe import validate  # noqa: E402
-from dmdr_cli.runtime.precision import autocast_dtype, make_optimizer  # noqa: E402
+from dmdr_cli.runtime.distributed import Dist, GradReducer, clip_grad_norm  # noqa: E402
+from dmdr_cli.runtime.precision import autocast_dtype, make_optimizer, parameter_owners  # noqa: E402
 
 # Published architecture hyperparameters (diffusers configs of SDXL-base, SD3-Medium, SD3.5-Large).
 UNET_SDXL = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -94,11 +99,12 @@ def build(name: str, device, dtype, resolution=None):
     return family, cond, res
 
 
-def recipe(name, res, batch, finetune, gc, refl, device):
+def recipe(name, res, batch, finetune, gc, refl, device, sharding="none"):
     return validate({
         "model": {"family": MODELS[name][0], "pretrained": "random", "resolution": res},
         "student": {"steps": 4, "finetune": finetune, "sampler": "sde" if MODELS[name][0] == "sdxl" else "ode"},
-        "train": {"batch_size": batch, "gradient_checkpointing": bool(gc), "lr_generator": 1e-7, "lr_guidance": 1e-7},
+        "train": {"batch_size": batch, "gradient_checkpointing": bool(gc), "lr_generator": 1e-7, "lr_guidance": 1e-7,
+                  "sharding": sharding},
         "rl": {"algorithm": "refl" if refl else "none", "rewards": [{"name": "custom", "loss": "linear"}] if refl else []},
     })
 
@@ -139,15 +145,26 @@ def main():
     ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--tiny-decoder", type=int, default=0, help="ReFL through a TAESD-sized AutoencoderTiny, as "
                                                                   "the SDXL recipes do (rl.decoder)")
+    ap.add_argument("--sharding", choices=["none", "optimizer"], default="none",
+                    help="with several processes (torchrun): train.sharding")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as tdist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist = Dist(rank=int(os.environ.get("RANK", "0")), world_size=world, device=device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     family, make_cond, res = build(a.model, device, dtype, a.resolution)
-    cfg = recipe(a.model, res, a.batch, a.finetune, a.gc, a.refl, device)
+    cfg = recipe(a.model, res, a.batch, a.finetune, a.gc, a.refl, device, a.sharding)
     teacher = family.denoiser
     if a.gc:
         teacher.enable_gradient_checkpointing()
@@ -162,8 +179,10 @@ def main():
             decoder = AutoencoderTiny(latent_channels=MODELS[a.model][3]).to(dtype).requires_grad_(False)
     elif a.gc and a.refl:
         family.components.vae.enable_gradient_checkpointing()
-    opt_g = make_optimizer(nets.generator_params, 1e-7, cfg.train, device)
-    opt_f = make_optimizer(nets.fake_params, 1e-7, cfg.train, device)
+    opt_g = make_optimizer(nets.generator_params, 1e-7, cfg.train, device, world)
+    opt_f = make_optimizer(nets.fake_params, 1e-7, cfg.train, device, world)
+    red_g = GradReducer(nets.generator_params, dist, owner=parameter_owners(opt_g))
+    red_f = GradReducer(nets.fake_params, dist, owner=parameter_owners(opt_f))
     ctx = StepContext(family=family, nets=nets, cfg=cfg, device=device, amp_dtype=autocast_dtype("auto", device),
                       student_times=family.times_for(cfg.student), sampler=cfg.student.sampler,
                       uncond=make_cond(1))
@@ -182,13 +201,19 @@ def main():
                     if a.refl:  # placeholder reward (mean brightness) so the decode's forward+backward cost is real
                         loss = loss - 0.1 * family.decode(x0, vae=decoder).mean()
                     nets.as_generator()
+                    red_g.arm()
                     loss.backward()
+                red_f.arm()
                 fake_score_step_loss(ctx, x0, cond, rng, k).backward()
-            if gen_turn:
-                opt_g.step()
-                opt_g.zero_grad(set_to_none=True)
-            opt_f.step()
-            opt_f.zero_grad(set_to_none=True)
+            for turn, opt, red, params in ((gen_turn, opt_g, red_g, nets.generator_params),
+                                           (True, opt_f, red_f, nets.fake_params)):
+                if turn:  # as the engine's apply_update (the norm is computed, not used: nothing is skipped)
+                    red.finish()
+                    clip_grad_norm(params, 1.0, red)
+                    opt.step()
+                    if red.sharded:  # ZeroRedundancyOptimizer broadcasts the updated shards
+                        red.bytes_reduced += sum(p.numel() * p.element_size() for p in params if red.owns(p))
+                    opt.zero_grad(set_to_none=True)
 
     # warm-up, then the measured updates (student steps are drawn per update: count what ran)
     generator_update(0)
@@ -196,13 +221,19 @@ def main():
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     counter.enabled = True
+    sent0 = red_g.bytes_reduced + red_f.bytes_reduced
     t0 = time.perf_counter()
     for k in range(1, a.steps + 1):
         generator_update(k)
     sync(device)
     step = (time.perf_counter() - t0) / a.steps
+    comm_mib = (red_g.bytes_reduced + red_f.bytes_reduced - sent0) / a.steps / 2**20
     counter.enabled = False
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    if world > 1 and peak is not None:  # the largest rank's peak
+        peak_t = torch.tensor([peak], device=device)
+        tdist.all_reduce(peak_t, op=tdist.ReduceOp.MAX)
+        peak = float(peak_t)
 
     # plain passes of the bare teacher, same inputs' shapes
     nets.guidance_switch.use(None) if nets.guidance_switch else None
@@ -226,7 +257,7 @@ def main():
     extra = {}
     for p in nets.generator_params + nets.fake_params:  # an optimizer step costs nothing without gradients
         p.grad = torch.zeros_like(p)
-    extra["generator_opt_step"] = time_it(lambda: opt_g.step(), device)
+    extra["generator_opt_step"] = time_it(lambda: opt_g.step(), device)  # sharded: the local step + broadcast
     extra["fake_opt_step"] = time_it(lambda: opt_f.step(), device) * K
     if a.refl:
         lat = x[:B].float().requires_grad_(True)
@@ -238,7 +269,11 @@ def main():
     passes = {f"{'fwd+bwd' if g else 'fwd'}@{b}": {"count_per_update": n / a.steps, "plain_s": round(plain[(b, g)], 4)}
               for (b, g), n in counter.counts.items()}
     expected = sum(n / a.steps * plain[k] for k, n in counter.counts.items()) + sum(extra.values())
+    if dist.rank != 0:
+        return
     print(json.dumps({"bench": "dmdr-step", "model": a.model, "family": MODELS[a.model][0], "batch": B,
+                      "processes": world, "sharding": a.sharding if world > 1 else "none",
+                      "comm_MiB_per_gen_update": round(comm_mib, 1),
                       "finetune": a.finetune, "refl": a.refl, "gc": a.gc, "resolution": res,
                       "decoder": "tiny" if decoder is not None else "vae",
                       "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

@@ -70,6 +70,12 @@ def _train_command(stage: str):
             False, "--allow-recipe-change",
             help="--resume with a changed student.steps, train.seed, batch size (keys that break exact resume): "
                  "continue anyway and record the change in the run log."),
+        processes: Optional[int] = typer.Option(
+            None, "--processes", min=1, max=4096,
+            help="Processes (GPUs) the memory plan assumes; default: the launched world size (WORLD_SIZE)."),
+        gpu_memory: Optional[float] = typer.Option(
+            None, "--gpu-memory", min=1, max=4096,
+            help="GiB per GPU: the plan says whether the estimate fits and which knob would make it fit."),
     ):
         from .recipe import load_recipe
 
@@ -79,7 +85,8 @@ def _train_command(stage: str):
         cfg = load_recipe(recipe, items)
         from .engines.plan import print_plan
 
-        print_plan(cfg, stage=stage, init=init, resume=resume, console=console)
+        print_plan(cfg, stage=stage, init=init, resume=resume, console=console, processes=processes,
+                   gpu_memory=gpu_memory)
         if dry_run:
             return
         from .engines.train import run_training
@@ -98,6 +105,7 @@ app.command(
          "  dmdr distill recipes/world/dmdr.yaml\n\n"
          "  dmdr distill recipes/sd3-medium/4step-refl.yaml --init runs/sd3m-cold/checkpoints/latest\n\n"
          "  dmdr distill recipe.yaml train.steps=100 train.batch_size=2 --dry-run\n\n"
+         "  dmdr distill recipes/sdxl/4step-refl.yaml --dry-run --processes 8 --gpu-memory 80\n\n"
          "  accelerate launch --num_processes 8 -m dmdr_cli distill recipe.yaml --resume latest",
 )(_train_command("distill"))
 

@@ -142,7 +142,12 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
-def print_plan(cfg: Recipe, stage: str, init: str | None, resume: str | None, console: Console) -> None:
+def print_plan(cfg: Recipe, stage: str, init: str | None, resume: str | None, console: Console,
+               processes: int | None = None, gpu_memory: float | None = None) -> None:
+    """The resolved recipe, the plan, and the memory plan: estimated peak GiB per GPU at `processes` (default:
+    the launched world size), with and without sharding, and whether it fits `gpu_memory`."""
+    from .memory import GiB, launched_processes, memory_report
+
     console.rule(f"dmdr {stage}: resolved recipe")
     console.print(Syntax(to_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
     rows, warnings = plan_rows(cfg, stage, init, resume)
@@ -152,5 +157,22 @@ def print_plan(cfg: Recipe, stage: str, init: str | None, resume: str | None, co
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+    n = processes or launched_processes()
+    report = memory_report(cfg, n, gpu_memory)
+    if report is None or isinstance(report, str):
+        console.print(report or "memory plan: needs the denoiser's config.json (a local folder) or a known hub id")
+    else:
+        head, plans, lines, mem_warnings = report
+        mem = Table(title=f"memory per GPU at {n} process(es), GiB ({head})", title_justify="left")
+        mem.add_column("term", style="bold")
+        for name in plans:
+            mem.add_column(f"sharding {name}" + (" (recipe)" if name == cfg.train.sharding else ""), justify="right")
+        for term in next(iter(plans.values())).terms:
+            mem.add_row(term, *(f"{plan.terms[term] / GiB:.1f}" for plan in plans.values()))
+        mem.add_row("estimated peak", *(f"{plan.total / GiB:.1f}" for plan in plans.values()), style="bold")
+        console.print(mem)
+        for line in lines:
+            console.print(line)
+        warnings += mem_warnings
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}")

@@ -18,10 +18,11 @@ from ..data.prompts import prompt_index, read_prompts
 from ..errors import DmdrError
 from ..recipe import Recipe, to_yaml
 from ..runtime import checkpoint as ckpt
-from ..runtime.distributed import Dist
+from ..runtime.distributed import Dist, GradReducer, clip_grad_norm
 from ..runtime.faults import fault_point, inject_nan
 from ..runtime.monitor import MetricsLog, StepProgress
-from ..runtime.precision import autocast_dtype, frozen_dtype, make_optimizer, setup_backends
+from ..runtime.precision import (autocast_dtype, consolidate, frozen_dtype, make_optimizer, optimizer_state_bytes,
+                                 parameter_owners, setup_backends)
 from ..runtime import compat
 from ..runtime.rundir import RunFolder, is_done, mark_done
 from ..dmd.networks import build_networks
@@ -53,16 +54,22 @@ class NonFiniteGuard:
         return False
 
 
-def apply_update(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, clip: float, dist: Dist,
+def make_reducer(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, dist: Dist) -> GradReducer:
+    """The gradient reducer of one optimizer's parameters (sharded like the optimizer)."""
+    return GradReducer(params, dist, owner=parameter_owners(opt))
+
+
+def apply_update(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, clip: float, reducer: GradReducer,
                  guard: NonFiniteGuard, term: str, loss: torch.Tensor,
                  parts: dict[str, torch.Tensor] | None = None) -> tuple[bool, float]:
-    """All-reduce gradients, clip, and step, unless anything is non-finite (then the update is skipped)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    dist.average_gradients(grads)
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    """Finish the gradient reduction, clip, and step, unless anything is non-finite (then the update is skipped)."""
+    reducer.finish()
+    norm = clip_grad_norm(params, clip, reducer, loss)
     ok = guard.check(term, [loss.detach(), norm], parts)
     if ok:
         opt.step()
+        if reducer.sharded:  # ZeroRedundancyOptimizer broadcasts each rank's updated parameters
+            reducer.bytes_reduced += sum(p.numel() * p.element_size() for p in params if reducer.owns(p))
     opt.zero_grad(set_to_none=True)
     return ok, float(norm)
 
@@ -119,8 +126,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     if cfg.train.compile:  # in place; adapter switches and new shapes recompile, so worth it for long runs only
         for net in {id(teacher): teacher, id(nets.generator): nets.generator}.values():
             net.compile()
-    opt_g = make_optimizer(nets.generator_params, cfg.train.lr_generator, cfg.train, device)
-    opt_f = make_optimizer(nets.fake_params, cfg.train.lr_guidance, cfg.train, device)
+    opt_g = make_optimizer(nets.generator_params, cfg.train.lr_generator, cfg.train, device, dist.world_size)
+    opt_f = make_optimizer(nets.fake_params, cfg.train.lr_guidance, cfg.train, device, dist.world_size)
+    reducer_g, reducer_f = make_reducer(nets.generator_params, opt_g, dist), make_reducer(nets.fake_params, opt_f, dist)
     if rl_branch is not None:
         rl_branch.attach(family, nets)
 
@@ -178,6 +186,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             return ids, texts, cond
 
         def save(k: int):
+            consolidate([opt_g, opt_f])  # sharded state gathered on the main rank, saved in the one format
             if dist.is_main:
                 tensors = nets.trainable_state()
                 if rl_branch is not None and rl_branch.state():
@@ -208,12 +217,16 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     stats.update(rl_stats)
                     stats["rl_loss"] = loss_rl.detach()
                 nets.as_generator()
+                if micro == A - 1:
+                    reducer_g.arm()  # this backward completes the generator's gradients: reduce during it
                 (loss / A).backward()
                 stats.update(dmd_stats)
                 stats["dmd_loss"] = loss_dmd.detach()
                 stats["generator_loss"] = loss.detach()
             diagnose = gen_turn and micro == A - 1 and logged(k + 1)  # the teacher's loss too, on logged steps only
             fake_loss = inject_nan("fake", fake_score_step_loss(ctx, x0_g, cond, rng, k, stats if diagnose else None), k)
+            if micro == A - 1:
+                reducer_f.arm()
             (fake_loss / A).backward()
             fake_losses.append(fake_loss.detach())
 
@@ -246,6 +259,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         with StepProgress(total_steps, start, console, dist.is_main, title) as progress, run.preemption() as preempt:
             while k < total_steps:
                 t0 = time.perf_counter()
+                sent0 = reducer_g.bytes_reduced + reducer_f.bytes_reduced
                 rl_on = rl_branch is not None and k >= cfg.rl_start
                 stats: dict = {}
                 fake_losses = []
@@ -258,23 +272,28 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     fault_point("after-backward")
                     if gen_turn:
                         parts = {"DMD": stats["dmd_loss"], **({"RL reward": stats["rl_loss"]} if rl_on else {})}
-                        ok, norm = apply_update(nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g,
+                        ok, norm = apply_update(nets.generator_params, opt_g, cfg.train.grad_clip, reducer_g, guard_g,
                                                 "DMD/RL generator" if rl_on else "DMD generator", stats["generator_loss"],
                                                 parts)
                         stats["generator_grad_norm"], stats["generator_skipped"] = norm, int(not ok)
                         if rl_on and ok:
                             rl_branch.extra_updates(ctx, lambda extra_loss: apply_update(
-                                nets.generator_params, opt_g, cfg.train.grad_clip, dist, guard_g, "RL reward", extra_loss))
-                    ok, norm = apply_update(nets.fake_params, opt_f, cfg.train.grad_clip, dist, guard_f,
+                                nets.generator_params, opt_g, cfg.train.grad_clip, reducer_g, guard_g, "RL reward",
+                                extra_loss))
+                    ok, norm = apply_update(nets.fake_params, opt_f, cfg.train.grad_clip, reducer_f, guard_f,
                                             "fake-score", fake_losses[-1])
                     stats["fake_grad_norm"] = norm
                     fault_point("after-optimizer-step")
                 k += 1
                 stats["fake_loss"] = torch.stack(fake_losses).mean()
                 stats["step_time"] = time.perf_counter() - t0
+                if dist.world_size > 1:  # bytes this process sent into reductions and parameter broadcasts
+                    stats["comm_mib"] = (reducer_g.bytes_reduced + reducer_f.bytes_reduced - sent0) / 2**20
                 stats["nonfinite_skipped"] = guard_g.skipped + guard_f.skipped
                 if logged(k):  # the only host syncs for stats
                     stats.update(memory_stats(device))
+                    # this process's AdamW state (its 1/N shard under train.sharding: optimizer), averaged in the log
+                    stats["optimizer_state_mib"] = (optimizer_state_bytes(opt_g) + optimizer_state_bytes(opt_f)) / 2**20
                     scalars = {n: float(v) for n, v in dist.mean_scalars(stats).items() if _is_scalar(v)}
                     log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
                     progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
@@ -289,7 +308,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 if validating and dist.is_main:
                     best = run_validation(k, best)
                 if stop and k < total_steps:  # a signal during the last step: the run is simply done
-                    console.print(f"[yellow]stopped by {preempt.signal_name} at generator step {k}; checkpoint written. "
+                    console.print(f"[yellow]stopped by {preempt.signal_name or 'a signal to another process'} at generator "
+                                  f"step {k}; checkpoint written. "
                                   f"Continue with --resume latest[/]")
                     log.close()
                     raise SystemExit(preempt.exit_code or 143)  # a process stopped by another's signal: SIGTERM's code
@@ -324,7 +344,9 @@ def ode_warm_start(ctx, conds, run_dir: Path, dist: Dist, log: MetricsLog, conso
             progress.update(done[0], {})
 
         pairs = make_pairs(ctx, conds, n, cfg.train.seed, run_dir / "ode_pairs.safetensors", advance, dist)
-    opt = make_optimizer(ctx.nets.generator_params, cfg.ode_regression.lr or cfg.train.lr_generator, cfg.train, ctx.device)
+    opt = make_optimizer(ctx.nets.generator_params, cfg.ode_regression.lr or cfg.train.lr_generator, cfg.train, ctx.device,
+                         dist.world_size, bucket_view=False)  # the generator's own optimizer holds the views
+    reducer = make_reducer(ctx.nets.generator_params, opt, dist)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     B = cfg.train.batch_size
     with StepProgress(cfg.ode_regression.steps, 0, console, dist.is_main, "ODE regression") as progress:
@@ -332,12 +354,14 @@ def ode_warm_start(ctx, conds, run_dir: Path, dist: Dist, log: MetricsLog, conso
             g = keyed_generator(cfg.train.seed, "ode-regression", it)
             rows = torch.randperm(n, generator=g)[dist.rank * B:(dist.rank + 1) * B]
             loss = regression_loss(ctx, pairs, conds, rows)
+            reducer.arm()
             loss.backward()
-            apply_update(ctx.nets.generator_params, opt, cfg.train.grad_clip, dist, guard, "ODE regression", loss)
+            apply_update(ctx.nets.generator_params, opt, cfg.train.grad_clip, reducer, guard, "ODE regression", loss)
             if (it + 1) % cfg.train.log_every == 0 or it + 1 == cfg.ode_regression.steps:
                 value = dist.mean_scalars({"ode_regression_loss": loss.detach()})["ode_regression_loss"]
                 log.write(0, {"phase": "ode_regression", "iteration": it + 1, "ode_regression_loss": float(value)})
                 progress.update(it + 1, {"loss": float(value)})
+    reducer.remove()
 
 
 def encode_all(family, prompts: list[str], device, batch: int = 64):

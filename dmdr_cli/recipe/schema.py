@@ -182,6 +182,12 @@ class TrainSection(Section):
                             "gradient (about grad / numel per element) underflows in fp16.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     compile: bool = Field(False, description="torch.compile the denoiser (minutes of warm-up; for long runs).")
+    sharding: Literal["none", "optimizer"] = Field(
+        "none", description="Data-parallel sharding across processes. none: every process holds all trainable "
+                            "state, gradients all-reduced in buckets during the backward. optimizer: ZeRO-2 style "
+                            "with torch's ZeroRedundancyOptimizer: each process keeps the AdamW state of 1/N of "
+                            "the trainable parameters and, after the reduction, only their gradients; gradient "
+                            "buckets are reduced to their owner during the backward. One process: no effect.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of all randomness (noise is keyed by global sample index).")
     log_every: int = Field(10, ge=1, description="Generator steps between log lines.")
     sample_every: int = Field(500, ge=0, description="Generator steps between sample grids (0: off).")

@@ -16,6 +16,9 @@ checkpoint write. The points, in the order a step reaches them:
 DMDR_FAULT_WAIT=<point>:<path> makes `fault_point(point)` wait (up to 300 s) until <path> exists instead: a
 run held between two of its phases while another finishes (tests/hardening/test_concurrent_starts.py).
 
+DMDR_FAULT_SIGNAL=TERM (or INT) sends that signal instead of SIGKILL; DMDR_FAULT_RANK=<r> limits the fault to
+the process whose RANK (torchrun / accelerate) is r, so a test can preempt one rank of a multi-process run.
+
 DMDR_INJECT_NAN=<term>[:<from_step>] makes `inject_nan(term, loss, k)` return NaN (with NaN gradients) for
 the loss term dmd, fake or rl at every generator step counter k >= from_step (default 0): `dmd:2` lets
 steps 1 and 2 train normally and poisons the DMD loss from step 3 on.
@@ -42,9 +45,13 @@ def fault_point(name: str) -> None:
     target = os.environ.get("DMDR_FAULT")
     if not target or target != name:
         return
+    rank = os.environ.get("DMDR_FAULT_RANK")
+    if rank is not None and rank != os.environ.get("RANK", "0"):
+        return
     _seen[name] = _seen.get(name, 0) + 1
-    if _seen[name] >= int(os.environ.get("DMDR_FAULT_AT", "1")):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _seen[name] == int(os.environ.get("DMDR_FAULT_AT", "1")):
+        sig = os.environ.get("DMDR_FAULT_SIGNAL")
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig}") if sig else signal.SIGKILL)
 
 
 def _wait_for(path: Path, timeout: float = 300) -> None:

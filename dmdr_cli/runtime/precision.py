@@ -35,7 +35,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, train_cfg, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, train_cfg, device: torch.device,
+                   world_size: int = 1, bucket_view: bool = True) -> torch.optim.Optimizer:
+    """AdamW (or 8-bit AdamW) over `params`; with `train.sharding: optimizer` and several processes, wrapped in
+    torch's ZeroRedundancyOptimizer: the same optimizer class and param groups, each rank holding the state of
+    its 1/N of the parameters and broadcasting them after its step.
+
+    `bucket_view` makes the parameters views into the optimizer's flat broadcast buffers. Only one optimizer
+    over the same parameters may do so: a second one re-points them to its own buffers and the first would
+    then broadcast into buffers the parameters no longer use (the ODE warm start's optimizer passes False)."""
     kwargs = dict(lr=lr, betas=tuple(train_cfg.betas), weight_decay=train_cfg.weight_decay)
     if train_cfg.optimizer == "adamw8bit":
         try:
@@ -45,5 +53,38 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, train_cfg, devic
                             "(CUDA only), or set train.optimizer=adamw") from None
         if device.type != "cuda":
             raise DmdrError("train.optimizer adamw8bit needs a CUDA GPU: set train.optimizer=adamw to run on CPU")
-        return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
+        cls = bnb.optim.AdamW8bit
+    else:
+        cls, kwargs = torch.optim.AdamW, dict(kwargs, fused=device.type == "cuda")
+    if getattr(train_cfg, "sharding", "none") == "optimizer" and world_size > 1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        # parameters_as_bucket_view: after its step each rank broadcasts its shard as a few flat buffers, not one
+        # collective per tensor (a LoRA has hundreds)
+        return ZeroRedundancyOptimizer(params, optimizer_class=cls, parameters_as_bucket_view=bucket_view, **kwargs)
+    return cls(params, **kwargs)
+
+
+def parameter_owners(opt: torch.optim.Optimizer) -> dict | None:
+    """parameter -> the rank that steps it, for a ZeroRedundancyOptimizer; None for a replicated optimizer."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    if not isinstance(opt, ZeroRedundancyOptimizer):
+        return None
+    return dict(opt._param_to_rank)
+
+
+def consolidate(optimizers) -> None:
+    """Gather sharded optimizer state on rank 0 before a save (a collective: every rank calls it)."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    for opt in optimizers:
+        if isinstance(opt, ZeroRedundancyOptimizer):
+            opt.consolidate_state_dict(to=0)
+
+
+def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of optimizer state tensors this rank holds (the local shard for a ZeroRedundancyOptimizer)."""
+    inner = getattr(opt, "optim", opt)
+    return sum(v.numel() * v.element_size() for state in inner.state.values() for v in state.values()
+               if torch.is_tensor(v))

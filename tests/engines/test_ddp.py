@@ -39,7 +39,8 @@ def test_two_processes_match_one_at_same_global_batch(tiny_sd, tmp_path):
 @pytest.mark.slow
 def test_two_processes_share_the_ode_pairs_and_write_them_once(tiny_sd, tmp_path):
     """Each process makes its shard of the teacher pairs (5 pairs: 3 + 2), they are gathered, and the main
-    process writes the cache: the same pairs as one process makes, and no temporary file left."""
+    process writes the cache: the same pairs as one process makes, and no temporary file left; with
+    train.sharding optimizer the regression and the step after it end at one process's weights."""
     from safetensors.torch import load_file
 
     sections = dict(student={"steps": 1, "timesteps": [0.399]}, coldstart={"steps": 1},
@@ -47,8 +48,9 @@ def test_two_processes_share_the_ode_pairs_and_write_them_once(tiny_sd, tmp_path
     one = tmp_path / "one"
     ok("coldstart", recipe(tmp_path, "sd", tiny_sd, one, train={"steps": 1, "batch_size": 2, "sample_every": 0},
                            **sections))
-    two = tmp_path / "two"
-    path = recipe(tmp_path, "sd", tiny_sd, two, train={"steps": 1, "batch_size": 1, "sample_every": 0}, **sections)
+    two = tmp_path / "two"  # sharded: the ODE optimizer and the generator's are both ZeroRedundancyOptimizers
+    path = recipe(tmp_path, "sd", tiny_sd, two, train={"steps": 1, "batch_size": 1, "sample_every": 0,
+                                                      "sharding": "optimizer"}, **sections)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "dmdr_cli", "coldstart", str(path)]
@@ -58,6 +60,9 @@ def test_two_processes_share_the_ode_pairs_and_write_them_once(tiny_sd, tmp_path
     assert torch.equal(a["noise"], b["noise"]) and torch.equal(a["prompt_index"], b["prompt_index"])
     torch.testing.assert_close(b["target"], a["target"], rtol=1e-5, atol=1e-5)  # batches of 1 vs 2
     assert not [p.name for p in two.rglob("*tmp*")]
+    for name in ("generator", "fake"):  # and the regression + cold-start step end at one process's weights
+        wa, wb = weights(one, 1, name), weights(two, 1, name)
+        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < WEIGHT_ATOL, name
 
 
 def free_port() -> int:
