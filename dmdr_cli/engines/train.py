@@ -94,7 +94,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     recipe_changes: list[str] = []
     if resume_from is not None:
         loaded = compat.inspect(resume_from)
-        recipe_changes = compat.check_against_recipe(loaded, cfg, mode="resume", allow_change=allow_recipe_change)
+        recipe_changes = compat.check_against_recipe(loaded, cfg, mode="resume", allow_change=allow_recipe_change,
+                                                       processes=dist.world_size)
     elif init and Path(init).is_dir():
         loaded = compat.inspect(ckpt.resolve_checkpoint(init, Path(init)))
         compat.check_against_recipe(loaded, cfg, mode="init")
@@ -191,7 +192,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 tensors = nets.trainable_state()
                 if rl_branch is not None and rl_branch.state():
                     tensors["rl_reference"] = rl_branch.state()
-                ckpt.save_checkpoint(run.path, k, recipe_yaml=to_yaml(cfg), state=run_state(cfg, stage, nets),
+                ckpt.save_checkpoint(run.path, k, recipe_yaml=to_yaml(cfg), state=run_state(cfg, stage, nets, dist.world_size),
                                      tensors=tensors, optimizers={"generator": opt_g, "fake": opt_f},
                                      keep=cfg.train.keep_checkpoints, fault_hook=fault_point)
             dist.barrier()
@@ -372,7 +373,7 @@ def encode_all(family, prompts: list[str], device, batch: int = 64):
     return Cond.cat(parts)
 
 
-def run_state(cfg: Recipe, stage: str, nets) -> dict:
+def run_state(cfg: Recipe, stage: str, nets, processes: int) -> dict:
     from .. import __version__
 
     return {"dmdr_version": __version__, "stage": stage, "family": cfg.model.family,
@@ -380,7 +381,7 @@ def run_state(cfg: Recipe, stage: str, nets) -> dict:
             "fake_format": "full" if nets.fake_full is not None else "lora",
             "generator_lora": {"rank": cfg.student.lora_rank, "alpha": cfg.student.lora_alpha,
                                "targets": list(cfg.student.lora_targets or [])},
-            "student_steps": cfg.student.steps}
+            "student_steps": cfg.student.steps, "processes": processes}
 
 
 def restore(path: Path, nets, optimizers: dict, rl_branch) -> int:

@@ -21,9 +21,12 @@ FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 STRUCTURE_KEYS = ("model.family", "student.finetune", "student.lora_rank", "student.lora_alpha",
                   "student.lora_targets", "guidance.layout", "guidance.lora_rank", "guidance.lora_alpha",
                   "guidance.lora_targets")
-# Keys whose change loads fine but breaks exact resume (the run is no longer the uninterrupted run).
-RESUME_KEYS = ("student.steps", "student.timesteps", "student.sampler", "train.seed", "train.batch_size",
-               "train.gradient_accumulation", "dmd.fake_updates_per_generator_update")
+# Keys whose change loads fine but breaks exact resume (the run is no longer the uninterrupted run). The
+# batch counts as one number, the global batch: noise and prompts are keyed by global sample index, so
+# 2 processes x batch 1 resume exactly as 1 process x batch 2 (tests/engines/test_sharding.py).
+RESUME_KEYS = ("student.steps", "student.timesteps", "student.sampler", "train.seed",
+               "dmd.fake_updates_per_generator_update")
+BATCH_KEYS = ("train.batch_size", "train.gradient_accumulation")
 
 
 @dataclass
@@ -123,8 +126,26 @@ def _show(value) -> str:
     return "null" if value is None else (str(value) if not isinstance(value, str) else value)
 
 
+def global_batch_change(info: CheckpointInfo, cfg, processes: int) -> list[str]:
+    """The global batch (batch_size x gradient_accumulation x processes) the checkpoint was written with, if the
+    run's differs; a checkpoint that does not record its process count compares the per-process keys."""
+    saved_processes = info.state.get("processes")
+    if info.recipe is None:
+        return []
+    if not isinstance(saved_processes, int):
+        return recipe_differences(info.recipe, cfg, BATCH_KEYS)
+    batch, accumulation = _get(info.recipe, "train.batch_size"), _get(info.recipe, "train.gradient_accumulation")
+    before = batch * accumulation * saved_processes
+    after = cfg.train.batch_size * cfg.train.gradient_accumulation * processes
+    if before == after:
+        return []
+    return [f"global batch (train.batch_size x train.gradient_accumulation x processes) {batch} x {accumulation} x "
+            f"{saved_processes} = {before} -> {cfg.train.batch_size} x {cfg.train.gradient_accumulation} x {processes}"
+            f" = {after}"]
+
+
 def check_against_recipe(info: CheckpointInfo, cfg, *, mode: str, allow_change: bool = False,
-                         stage_total: int | None = None) -> list[str]:
+                         stage_total: int | None = None, processes: int = 1) -> list[str]:
     """Refuse a checkpoint whose recipe cannot load into `cfg`'s networks; for `--resume`, also one whose
     change breaks exact resume unless `allow_change`. Returns the allowed changes (for the run log)."""
     flag = "--resume" if mode == "resume" else "--init"
@@ -142,7 +163,7 @@ def check_against_recipe(info: CheckpointInfo, cfg, *, mode: str, allow_change: 
                         f"values, or start without {flag}")
     if mode != "resume":
         return []
-    changed = recipe_differences(info.recipe, cfg, RESUME_KEYS)
+    changed = recipe_differences(info.recipe, cfg, RESUME_KEYS) + global_batch_change(info, cfg, processes)
     if changed and not allow_change:
         raise DmdrError(f"--resume {info.path}: the recipe changed keys that break exact resume ({'; '.join(changed)}):"
                         f" restore them, or pass --allow-recipe-change to continue anyway (recorded in the log)")

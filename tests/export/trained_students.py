@@ -83,7 +83,7 @@ def train(run: Path, family_name: str, teacher: Path, *, seed: int = 0, **recipe
         net.requires_grad_(False)
         tensors = adapter_state(net, GENERATOR)
     state = {"dmdr_version": "0.1.0", "stage": "distill", "family": family_name, "generator_format": s.finetune,
-             "fake_format": "lora", "student_steps": s.steps,
+             "fake_format": "lora", "student_steps": s.steps, "processes": 1,
              "generator_lora": {"rank": s.lora_rank, "alpha": s.lora_alpha, "targets": list(s.lora_targets or [])}}
     save_checkpoint(run, STEP, recipe_yaml=to_yaml(recipe), state=state,
                     tensors={"generator": tensors, "fake": {}}, optimizers={}, keep=2)
