@@ -141,6 +141,19 @@ def geneval_results(images: Sequence[np.ndarray], metadata: Sequence[dict],
     return results
 
 
+def write_geneval_images(folder: Path, images, entries: Sequence[dict], records: Sequence[dict]) -> None:
+    """Each GenEval-style image as folder/images/<its index in the evaluation set>.png, its verdict's "file"
+    set to that path (relative to folder), so results.jsonl can be audited image by image."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    indices = [i for i, entry in enumerate(entries) if "tag" in entry]
+    if len(indices) != len(records):
+        raise ValueError(f"{len(records)} verdicts for {len(indices)} GenEval-style images")
+    for record, i in zip(records, indices):
+        name = f"images/{i:04d}.png"
+        Image.fromarray(as_uint8(images[i])).save(folder / name)
+        record["file"] = name
+
+
 def write_results(path: Path, records: Sequence[dict]) -> None:
     """Per-image verdicts, one JSON object a line (GenEval's results.jsonl)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -183,7 +183,7 @@ def paired_intervals(student: dict, teacher: dict, student_features=None, teache
 def world_report(ctx, encode, run_dir: Path, console: Console) -> dict:
     """Evaluate teacher and student on the frozen evaluation set, print the table and the paired intervals,
     write run_dir/report/ (report.json with both models' scores and the intervals, results.jsonl with the
-    student's per-image verdicts, report.md, grid, curves).
+    student's per-image verdicts, each naming its image in images/, report.md, grid, curves).
 
     Cost, measured at 24 px on one CPU thread: the student's 1,392 images x 4 steps about 60 s of sampling and
     15 s of scoring (detector, DPG, FD features, reward) plus 5 s of bootstrap; the teacher's 1,392 x 50 NFE
@@ -210,8 +210,9 @@ def world_report(ctx, encode, run_dir: Path, console: Console) -> dict:
                                                     "teacher_steps": steps, "teacher_cfg": cfg_scale,
                                                     "student_steps": len(ctx.student_times),
                                                     "eval_images": len(entries)}, indent=1))
-    from ..evaluate.world_bench import write_results
+    from ..evaluate.world_bench import write_geneval_images, write_results
 
+    write_geneval_images(folder, student_all, entries, details["records"])
     write_results(folder / "results.jsonl", details["records"])
     side_by_side(cached["grid"], student_all[:GRID_IMAGES], folder / "teacher_vs_student.png")
     plot_curves(run_dir / "log.jsonl", folder / "curves.png")

@@ -80,3 +80,18 @@ def test_paired_intervals_of_a_model_against_itself_are_zero_and_a_worse_one_is_
     assert diff["reward"]["high"] < 0  # the mean over prompts of per-prompt means, not over images
     text = report.render_intervals(metrics, worse, diff, entries)
     assert all(len(line) <= 100 for line in text.splitlines()) and "world-GenEval" in text and "[" in text
+
+
+def test_report_verdicts_name_their_images_and_the_images_read_the_same(tmp_path):
+    """results.jsonl can be audited image by image: each verdict's file is the image it judged."""
+    from PIL import Image
+
+    entries = _entries()
+    images = _renders(entries)
+    _, details = world_bench.world_evaluation(images, entries)
+    records = details["records"]
+    world_bench.write_geneval_images(tmp_path, images, entries, records)
+    assert [r["file"] for r in records] == [f"images/{i:04d}.png" for i, e in enumerate(entries) if "tag" in e]
+    reread = [np.asarray(Image.open(tmp_path / r["file"])) for r in records]
+    again = world_bench.geneval_results(reread, [e for e in entries if "tag" in e])
+    assert [r["correct"] for r in again] == [r["correct"] for r in records]
