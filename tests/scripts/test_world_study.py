@@ -1,0 +1,53 @@
+"""scripts/world_ablations.py summarize: a row's mean ± std over seeds and its paired interval against the
+teacher come from the logged records alone, on the per-prompt scores averaged over the row's seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def study(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("world_ablations", ROOT / "scripts" / "world_ablations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RECORDS", tmp_path / "study")
+    return module
+
+
+def _metrics(geneval_units: dict, reward_units: dict) -> dict:
+    tasks = {t: 0.0 for t in ("single_object", "two_object", "counting", "colors", "position", "color_attr")}
+    per_task = {}
+    for tag, score in geneval_units.values():
+        per_task.setdefault(tag, []).append(score)
+    tasks.update({t: sum(v) / len(v) for t, v in per_task.items()})
+    overall = sum(tasks[t] for t in per_task) / len(per_task)
+    return {"geneval": {**tasks, "overall": overall}, "dpg": {"overall": 40.0}, "distance": 20.0,
+            "reward": sum(reward_units.values()) / len(reward_units),
+            "units": {"geneval": geneval_units, "reward": reward_units}}
+
+
+def test_summarize_pools_seeds_against_the_teacher(study):
+    teacher_units = {f"single_object/{k:03d}": ["single_object", 0.0] for k in range(4)}
+    teacher = _metrics(teacher_units, {u: 0.5 for u in teacher_units})
+    (study.RECORDS / "table").mkdir(parents=True)
+    (study.RECORDS / "teacher.json").write_text(json.dumps({"teacher_steps": 25, "teacher": teacher}))
+    for seed, correct in ((0, 1.0), (1, 0.5)):  # seed 0 gets every prompt right, seed 1 half of each
+        units = {u: ["single_object", correct] for u in teacher_units}
+        record = {"seed": seed, "student_steps": 4, "teacher_steps": 25, "validation": [],
+                  "student": _metrics(units, {u: 0.6 for u in units}),
+                  "teacher": {k: v for k, v in teacher.items() if k != "units"}}
+        study.record_path("table", "distill only", seed).write_text(json.dumps(record))
+    table = study.table("table")
+    row = next(line for line in table.splitlines() if line.startswith("| distill only |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2" and cells[3] == "0.750 ± 0.354"  # mean and std over the two seeds
+    # every prompt moves by the seed-average 0.75 against the teacher's 0: no spread over prompts
+    assert cells[-3] == "+0.750 [+0.750, +0.750]" and cells[-1] == "+0.100 [+0.100, +0.100]"
+    assert "| teacher | - | 50 |" in table
