@@ -21,7 +21,7 @@ from ..runtime import checkpoint as ckpt
 from ..runtime.distributed import Dist, GradReducer, clip_grad_norm
 from ..runtime.faults import fault_point, inject_nan
 from ..runtime.monitor import MetricsLog, StepProgress
-from ..runtime.precision import (autocast_dtype, consolidate, frozen_dtype, make_optimizer, optimizer_state_bytes,
+from ..runtime.precision import (autocast_dtype, frozen_dtype, is_sharded, make_optimizer, optimizer_state_bytes,
                                  parameter_owners, setup_backends)
 from ..runtime import compat
 from ..runtime.rundir import RunFolder, is_done, mark_done
@@ -187,14 +187,25 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             return ids, texts, cond
 
         def save(k: int):
-            consolidate([opt_g, opt_f])  # sharded state gathered on the main rank, saved in the one format
+            optimizers = {"generator": opt_g, "fake": opt_f}
+            sharded = {name: opt for name, opt in optimizers.items() if is_sharded(opt)}
+            partial = None
+            if sharded:  # every rank writes its own optimizer shard, in parallel, into the folder being written
+                if dist.is_main:
+                    ckpt.start_partial(run.path, k)
+                dist.barrier()
+                partial = ckpt.shared_partial(run.path, k)
+                for name, opt in sharded.items():
+                    ckpt.write_optimizer_shard(partial, name, opt, dist.rank)
+                dist.barrier()
             if dist.is_main:
                 tensors = nets.trainable_state()
                 if rl_branch is not None and rl_branch.state():
                     tensors["rl_reference"] = rl_branch.state()
-                ckpt.save_checkpoint(run.path, k, recipe_yaml=to_yaml(cfg), state=run_state(cfg, stage, nets, dist.world_size),
-                                     tensors=tensors, optimizers={"generator": opt_g, "fake": opt_f},
-                                     keep=cfg.train.keep_checkpoints, fault_hook=fault_point)
+                ckpt.save_checkpoint(run.path, k, recipe_yaml=to_yaml(cfg),
+                                     state=run_state(cfg, stage, nets, dist.world_size), tensors=tensors,
+                                     optimizers=optimizers, keep=cfg.train.keep_checkpoints, fault_hook=fault_point,
+                                     partial=partial, shards=dist.world_size)
             dist.barrier()
 
         def logged(k: int) -> bool:

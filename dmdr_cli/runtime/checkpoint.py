@@ -75,17 +75,56 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         os.fsync(f.fileno())
 
 
-def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state dict into tensors (safetensors) and the rest (JSON)."""
-    sd = opt.state_dict()
+def _state_to_files(state: dict[int, dict]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state {parameter index: {name: value}} as tensors (safetensors) and scalars (JSON)."""
     tensors, scalars = {}, {}
-    for idx, state in sd["state"].items():
-        for name, value in state.items():
+    for idx, entries in state.items():
+        for name, value in entries.items():
             if torch.is_tensor(value):
                 tensors[f"{idx}/{name}"] = value
             else:
                 scalars[f"{idx}/{name}"] = value
+    return tensors, scalars
+
+
+def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (safetensors) and the rest (JSON)."""
+    sd = opt.state_dict()
+    tensors, scalars = _state_to_files(sd["state"])
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def shared_partial(run_dir: Path, step: int) -> Path:
+    """The folder checkpoint `step` is written in when every rank writes a shard of it (the same on every rank)."""
+    return run_dir / "checkpoints" / f".partial-{step_dir_name(step)}-shared"
+
+
+def start_partial(run_dir: Path, step: int) -> Path:
+    """Make `shared_partial` fresh (the main rank, before the others write their shards into it; a leftover
+    of a killed attempt is replaced)."""
+    partial = shared_partial(run_dir, step)
+    try:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    except OSError as e:
+        raise DmdrError(f"could not write checkpoint {partial} ({e.strerror or e}): free space or fix permissions and "
+                        f"--resume latest") from None
+    return partial
+
+
+def write_optimizer_shard(partial: Path, name: str, opt, rank: int) -> None:
+    """This rank's shard of a sharded optimizer's state, in its own files, written in parallel with the other
+    ranks': optim_<name>.rank<r>.safetensors (state tensors by global parameter index) and .json (scalars)."""
+    from .precision import local_shard_state
+
+    tensors, scalars = _state_to_files(local_shard_state(opt))
+    try:
+        save_tensors(partial / f"optim_{name}.rank{rank}.safetensors", tensors)
+        write_json(partial / f"optim_{name}.rank{rank}.json", {"scalars": scalars})
+    except OSError as e:
+        raise DmdrError(f"could not write checkpoint shard in {partial} ({e.strerror or e}); the previous checkpoint "
+                        f"is intact: free space or fix permissions and --resume latest") from None
 
 
 def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -98,26 +137,37 @@ def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
                     tensors: dict[str, dict[str, torch.Tensor]], optimizers: dict[str, torch.optim.Optimizer],
-                    keep: int, fault_hook=None) -> Path:
-    """Write checkpoint `step` (files: recipe.yaml, state.json, <name>.safetensors, optim_<name>.*)."""
+                    keep: int, fault_hook=None, partial: Path | None = None, shards: int = 1) -> Path:
+    """Write checkpoint `step` (files: recipe.yaml, state.json, <name>.safetensors, optim_<name>.*).
+
+    A sharded optimizer (ZeroRedundancyOptimizer) is not gathered: every rank has already written its shard
+    into `partial` (`start_partial`, `write_optimizer_shard`); here the main rank adds optim_<name>.json with
+    the param groups and the shard count, and the loader reassembles the state for any number of processes."""
+    from .precision import global_param_groups, is_sharded
+
     root = run_dir / "checkpoints"
     final = root / step_dir_name(step)
-    tmp = root / f".partial-{step_dir_name(step)}-{os.getpid()}"
+    tmp = partial if partial is not None else root / f".partial-{step_dir_name(step)}-{os.getpid()}"
     old = root / f".partial-replaced-{final.name}-{os.getpid()}"
     hook = fault_hook or (lambda point: None)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        if partial is None:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
         (tmp / "recipe.yaml").write_text(recipe_yaml)
         for name, sd in tensors.items():
             save_tensors(tmp / f"{name}.safetensors", sd)
             hook(f"checkpoint-file-{name}")
         for name, opt in optimizers.items():
-            t, meta = optimizer_to_files(opt)
-            save_tensors(tmp / f"optim_{name}.safetensors", t)
-            write_json(tmp / f"optim_{name}.json", meta)
+            if is_sharded(opt):
+                write_json(tmp / f"optim_{name}.json", {"param_groups": global_param_groups(opt), "scalars": {},
+                                                        "shards": shards})
+            else:
+                t, meta = optimizer_to_files(opt)
+                save_tensors(tmp / f"optim_{name}.safetensors", t)
+                write_json(tmp / f"optim_{name}.json", meta)
             hook(f"checkpoint-optim-{name}")
         write_json(tmp / "state.json", {**state, "step": step})
         _fsync_dir(tmp)
@@ -212,12 +262,12 @@ def load_checkpoint(path: Path) -> dict:
         out = {"state": json.loads((path / "state.json").read_text()), "tensors": {}, "optim": {},
                "recipe_yaml": (path / "recipe.yaml").read_text() if (path / "recipe.yaml").exists() else ""}
         for f in path.glob("*.safetensors"):
-            if f.name.startswith("optim_"):
-                name = f.stem[len("optim_"):]
-                out["optim"][name] = (load_file(str(f)), json.loads((path / f"optim_{name}.json").read_text()))
-            else:
+            if not f.name.startswith("optim_"):
                 out["tensors"][f.stem] = load_file(str(f))
-    except (OSError, ValueError, SafetensorError) as err:  # a damaged copy (JSONDecodeError is a ValueError)
+        for f in path.glob("optim_*.json"):
+            if ".rank" not in f.stem:
+                out["optim"][f.stem[len("optim_"):]] = _optimizer_files(path, f.stem)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:  # a damaged copy (JSONDecodeError: ValueError)
         raise DmdrError(f"checkpoint {path} is damaged ({_first_line(err)}): resume or export from another "
                         f"checkpoint of the run") from None
     state = out["state"]
@@ -225,6 +275,20 @@ def load_checkpoint(path: Path) -> dict:
         raise DmdrError(f"checkpoint {path} is damaged (state.json is not an object with a generator step): resume "
                         f"or export from another checkpoint of the run")
     return out
+
+
+def _optimizer_files(path: Path, stem: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """One optimizer's (tensors, meta) as optimizer_from_files takes them: from its one file, or reassembled
+    from the shards its ranks wrote (a consolidated state dict, loadable by any number of processes)."""
+    meta = json.loads((path / f"{stem}.json").read_text())
+    shards = meta.get("shards")
+    if not shards:
+        return load_file(str(path / f"{stem}.safetensors")), meta
+    tensors, scalars = {}, {}
+    for rank in range(int(shards)):  # a missing shard is an OSError: the checkpoint is damaged
+        tensors.update(load_file(str(path / f"{stem}.rank{rank}.safetensors")))
+        scalars.update(json.loads((path / f"{stem}.rank{rank}.json").read_text())["scalars"])
+    return tensors, {"param_groups": meta["param_groups"], "scalars": scalars}
 
 
 def _first_line(err: Exception) -> str:

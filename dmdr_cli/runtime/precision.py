@@ -74,13 +74,29 @@ def parameter_owners(opt: torch.optim.Optimizer) -> dict | None:
     return dict(opt._param_to_rank)
 
 
-def consolidate(optimizers) -> None:
-    """Gather sharded optimizer state on rank 0 before a save (a collective: every rank calls it)."""
+def is_sharded(opt: torch.optim.Optimizer) -> bool:
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
-    for opt in optimizers:
-        if isinstance(opt, ZeroRedundancyOptimizer):
-            opt.consolidate_state_dict(to=0)
+    return isinstance(opt, ZeroRedundancyOptimizer)
+
+
+def _global_index(opt) -> dict[int, int]:
+    """id(parameter) -> its index in the optimizer's state dict numbering (param groups in order)."""
+    return {id(p): i for i, p in enumerate(p for group in opt.param_groups for p in group["params"])}
+
+
+def local_shard_state(opt) -> dict[int, dict]:
+    """A ZeroRedundancyOptimizer's state on this rank (the parameters it owns), keyed by the global index a
+    consolidated state dict uses, so that the shards of all ranks together form one loadable state dict."""
+    index = _global_index(opt)
+    return {index[id(p)]: dict(state) for p, state in opt.optim.state.items()}
+
+
+def global_param_groups(opt) -> list[dict]:
+    """The param groups as a state dict lists them: hyperparameters, and the parameters' global indices."""
+    index = _global_index(opt)
+    return [{**{k: v for k, v in group.items() if k != "params"}, "params": [index[id(p)] for p in group["params"]]}
+            for group in opt.param_groups]
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:

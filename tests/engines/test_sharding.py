@@ -11,6 +11,8 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
+from dmdr_cli.runtime.checkpoint import load_checkpoint
+
 from train_helpers import checkpoint, log_rows, ok, recipe, weights
 
 # fp32. Sharded vs replicated (2 processes each): the same sums in the same order, the norm summed in another
@@ -62,10 +64,14 @@ def test_sharded_matches_replicated_and_one_process_and_resumes_across_world_siz
         assert max_diff(wo, wn) < SHARD_ATOL, name
         assert max_diff(wn, w1) < WEIGHT_ATOL and max_diff(wo, w1) < WEIGHT_ATOL, name
         assert max_diff(w1, weights(one, 1, name)) > 10 * WEIGHT_ATOL, "weights moved at all"
-        # the sharded checkpoint holds the whole AdamW state, consolidated from both ranks
+        # each rank wrote its own shard of the AdamW state (no gathering): disjoint halves that together are
+        # the whole state, as the straight run's one file holds it
         full = load_file(str(checkpoint(one, 2) / f"optim_{name}.safetensors"))
-        gathered = load_file(str(checkpoint(runs["optimizer"], 2) / f"optim_{name}.safetensors"))
-        assert full.keys() == gathered.keys() and len(full) > 0
+        parts = [load_file(str(checkpoint(runs["optimizer"], 2) / f"optim_{name}.rank{r}.safetensors")) for r in (0, 1)]
+        assert not (checkpoint(runs["optimizer"], 2) / f"optim_{name}.safetensors").exists()
+        assert parts[0] and parts[1] and not parts[0].keys() & parts[1].keys()
+        gathered = load_checkpoint(checkpoint(runs["optimizer"], 2))["optim"][name][0]
+        assert gathered.keys() == full.keys() == parts[0].keys() | parts[1].keys() and len(full) > 0
         assert max_diff(full, gathered) < WEIGHT_ATOL
 
     # 2 processes (sharded) -> 1 process: the resumed run ends where the straight run ends
@@ -92,3 +98,23 @@ def test_sharding_key_is_validated(tiny_sd, tmp_path):
     result = invoke("distill", path, "train.sharding=full", "--dry-run")
     assert result.exit_code == 2 and "sharding" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_missing_one_rank_shard_is_damaged(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from dmdr_cli.errors import DmdrError
+
+    (tmp_path / "state.json").write_text(json.dumps({"step": 2}))
+    (tmp_path / "optim_generator.json").write_text(json.dumps({"param_groups": [], "scalars": {}, "shards": 2}))
+    save_file({"0/exp_avg": torch.zeros(2)}, str(tmp_path / "optim_generator.rank0.safetensors"))
+    (tmp_path / "optim_generator.rank0.json").write_text(json.dumps({"scalars": {}}))
+    with pytest.raises(DmdrError, match="damaged"):
+        load_checkpoint(tmp_path)
+    save_file({"1/exp_avg": torch.ones(2)}, str(tmp_path / "optim_generator.rank1.safetensors"))
+    (tmp_path / "optim_generator.rank1.json").write_text(json.dumps({"scalars": {"1/step": 3}}))
+    tensors, meta = load_checkpoint(tmp_path)["optim"]["generator"]
+    assert sorted(tensors) == ["0/exp_avg", "1/exp_avg"] and meta["scalars"] == {"1/step": 3}
