@@ -6,8 +6,6 @@
     python scripts/world_ablations.py run all --jobs 2         # the three sets
     python scripts/world_ablations.py summarize                # docs/results.md's study section + plots
 
-(`pip install -e '.[study]'` adds matplotlib for the plots.)
-
 Every row runs on the shipped recipe as it is (no pinned knob). `run` prints each command and skips
 runs already logged, so an interrupted set continues where it stopped, across sessions: a finished
 run's record (its report's scores with the per-prompt units, its validation curve, its wall time) is
