@@ -211,9 +211,9 @@ def bench_dpg_harness() -> None:
 
 
 def bench_world() -> None:
-    from dmdr_cli.evaluate import world_bench
+    from dmdr_cli.world import bench as world_bench
     from dmdr_cli.evaluate.frechet import frechet_between
-    from dmdr_cli.evaluate.world_features import feature_matrix
+    from dmdr_cli.world.features import feature_matrix
 
     records, _ = world_bench.world_geneval_metadata(24, 128)
     renders = world_bench.reference_renders(records, 24, seed=0)

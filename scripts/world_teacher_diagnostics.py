@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dmdr_cli.evaluate.geneval_score import score_image, summarize
-from dmdr_cli.evaluate.world_bench import as_uint8
+from dmdr_cli.world.bench import as_uint8
 from dmdr_cli.families import load_family
 from dmdr_cli.recipe import load_recipe
 from dmdr_cli.world.builtin_prompts import VAL_SEED

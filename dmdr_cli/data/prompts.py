@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from .. import builtin_plugins
 from ..errors import DmdrError
 from ..runtime.files import read_bytes
 
@@ -34,7 +35,7 @@ def read_prompts(spec: str) -> list[str]:
     """`builtin:NAME` or a UTF-8 text file with one prompt per line (blank lines skipped)."""
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
-        _load_world_builtins()
+        builtin_plugins.load("prompts")
         if name not in BUILTIN:
             raise DmdrError(f"unknown built-in prompt set {spec!r}: choose one of "
                             f"{', '.join('builtin:' + n for n in sorted(BUILTIN))} or give a text file")
@@ -60,14 +61,6 @@ def _read_lines(path: Path, label: str) -> list[str]:
         raise DmdrError(f"prompt file {label!r} has no prompts (it is empty or blank lines only): "
                         f"write one prompt per line")
     return prompts
-
-
-def _load_world_builtins() -> None:
-    """The built-in world registers its prompt sets on import; imported lazily to keep the CLI fast."""
-    try:
-        from ..world import builtin_prompts  # noqa: F401
-    except ImportError:
-        pass
 
 
 def prompt_index(sample_id: int, n_prompts: int, seed: int) -> int:

@@ -1,6 +1,6 @@
 """`dmdr evaluate`: a model or a folder of images on the score table (CLIP, Aesthetic, PickScore, HPS),
-GenEval and DPG-Bench, or for the shapes world on world-GenEval, world-DPG and world-distance; and the
-side-by-side comparison of two reports (`--compare`).
+GenEval and DPG-Bench, or a model of an evaluation domain (evaluate/domains.py) on its domain's own GenEval,
+DPG and benches; and the side-by-side comparison of two reports (`--compare`).
 
 Top to bottom:
 1. Read the subject (MODEL or the image folder) and the benchmarks' inputs; refuse bad input.
@@ -26,13 +26,12 @@ from .. import __version__
 from ..errors import DmdrError
 from ..runtime import files
 from ..evaluate import report as reports
-from ..evaluate import sample_sets, world_bench
+from ..evaluate import domains, sample_sets
 from ..evaluate.paired_report import paired_differences
 from ..runtime.distributed import Dist
 from .sample import SampleOptions, run_sample
 
-BENCHES = ("scores", "geneval", "dpg", "world-distance")
-WORLD_SCORE_PROMPTS = "builtin:world-val"
+BENCHES = ("scores", "geneval", "dpg")  # and the domains' own (evaluate/domains.py)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -50,7 +49,7 @@ class EvaluateOptions:
     vqa_model: str | None = None
     dpg_all_rows: bool = False  # not official: also ask the CSV's first row
     dpg_lenient_yes: bool = False  # not official: "Yes." counts as "yes"
-    world: bool | None = None
+    domain: str | None = None  # a domain's name or "official"; None: detected from the subject
     batch: int = 16  # images per scoring batch
     workers: int | None = None  # PNG decoding processes (default: 8 on GPU, 0 on CPU)
     sample: SampleOptions = field(default_factory=SampleOptions)
@@ -58,9 +57,10 @@ class EvaluateOptions:
 
 def parse_benches(text: str | None) -> list[str]:
     names = [n.strip() for n in (text or "scores").split(",") if n.strip()]
-    unknown = [n for n in names if n not in BENCHES]
+    known = BENCHES + domains.domain_bench_names()
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise DmdrError(f"--bench {text!r}: choose from {', '.join(BENCHES)} (comma-separated for several)")
+        raise DmdrError(f"--bench {text!r}: choose from {', '.join(known)} (comma-separated for several)")
     return list(dict.fromkeys(names))
 
 
@@ -70,7 +70,7 @@ def parse_benches(text: str | None) -> list[str]:
 @dataclass
 class Subject:
     label: str
-    world: bool
+    domain: str | None  # evaluate/domains.py; None: the official benches
     ref: object | None = None  # generators.ModelRef with --model
     images: Path | None = None
     info: dict = field(default_factory=dict)  # steps, nfe, cfg, kind when known
@@ -79,8 +79,8 @@ class Subject:
 def _model_subject(model: str, options: EvaluateOptions) -> Subject:
     from ..evaluate.generators import open_model
 
-    ref = open_model(model, world=options.world)
-    return Subject(label=ref.label, world=ref.world, ref=ref)
+    ref = open_model(model, domain=options.domain)
+    return Subject(label=ref.label, domain=ref.domain, ref=ref)
 
 
 def _images_subject(images: Path, options: EvaluateOptions) -> Subject:
@@ -91,11 +91,12 @@ def _images_subject(images: Path, options: EvaluateOptions) -> Subject:
                         f"written by `dmdr sample`")
     settings = sample_sets.read_settings(images)
     check_image_folder(images)
-    world = options.world
-    if world is None:
-        world = settings.get("world") if "world" in settings else _looks_like_world(images)
+    if options.domain is not None:
+        domain = options.domain if domains.get_domain(options.domain) is not None else None
+    else:
+        domain = settings["domain"] if "domain" in settings else domains.of_folder(images)
     info = {k: settings[k] for k in ("kind", "steps", "nfe", "cfg") if k in settings}
-    return Subject(label=images.name, world=bool(world), images=images, info=info)
+    return Subject(label=images.name, domain=domain, images=images, info=info)
 
 
 def check_image_folder(folder: Path) -> None:
@@ -117,14 +118,6 @@ def check_image_folder(folder: Path) -> None:
         except Exception as err:  # PIL raises many kinds (OSError, SyntaxError, ValueError, struct.error)
             detail = "it is empty" if path.stat().st_size == 0 else files.reason(err)
             raise DmdrError(f"image {path} is not a readable image ({detail}): {fix}") from None
-
-
-def _looks_like_world(folder: Path) -> bool:
-    if (folder / world_bench.ITEMS_FILE).is_file():
-        return True
-    metadata = sorted(folder.glob("[0-9]*/metadata.jsonl"))[:1]
-    return bool(metadata) and world_bench.is_world_metadata([files.read_json(metadata[0], "GenEval metadata",
-                                                                             fix="the folder is damaged")])
 
 
 def default_report_dir(model: str | None, images: Path | None) -> Path:
@@ -150,19 +143,16 @@ class Judges:
 
 
 def _check_inputs(subject: Subject, benches: list[str], options: EvaluateOptions) -> None:
-    if "world-distance" in benches and not subject.world:
-        raise DmdrError("--bench world-distance measures shapes-world models against real renders: MODEL is not a "
-                        "world model (pass --world if it is)")
-    if subject.world:
-        for name, value in (("--geneval-metadata", options.geneval_metadata), ("--dpg-csv", options.dpg_csv),
-                            ("--vqa-model", options.vqa_model)):
-            if value is not None:
-                raise DmdrError(f"{name} belongs to the real benchmarks: a shapes-world model is judged by the world's "
-                                f"exact detector on the world's own prompts; drop {name} (or pass --no-world)")
-        for name, value in (("--dpg-all-rows", options.dpg_all_rows), ("--dpg-lenient-yes", options.dpg_lenient_yes)):
-            if value:
-                raise DmdrError(f"{name} changes DPG-Bench's CSV arithmetic: a shapes-world model's dense prompts are "
-                                f"answered exactly by the world's detector; drop {name} (or pass --no-world)")
+    own = domains.get_domain(subject.domain)
+    for bench in (b for b in benches if b not in BENCHES and b not in (own.benches if own else ())):
+        owner = next(d.name for d in domains.all_domains() if bench in d.benches)
+        raise DmdrError(f"--bench {bench} belongs to the {owner} domain: the subject is not a {owner} model (pass "
+                        f"--domain {owner} if it is)")
+    if own is not None:
+        domains.refuse_official_options(subject.domain, {
+            "--geneval-metadata": options.geneval_metadata, "--dpg-csv": options.dpg_csv,
+            "--vqa-model": options.vqa_model, "--dpg-all-rows": options.dpg_all_rows,
+            "--dpg-lenient-yes": options.dpg_lenient_yes})
     elif "dpg" in benches:
         if options.dpg_csv is None:
             raise DmdrError("--bench dpg needs --dpg-csv PATH: DPG-Bench's dpg_bench.csv (ELLA's repository, "
@@ -171,7 +161,7 @@ def _check_inputs(subject: Subject, benches: list[str], options: EvaluateOptions
             raise DmdrError("--bench dpg needs --vqa-model: a local image-text-to-text transformers folder, or "
                             "module:function naming answer(image, question) -> str (the official mPLUG-large does not "
                             "load in transformers)")
-    if "scores" in benches and subject.ref is not None and options.prompts is None and not subject.world:
+    if "scores" in benches and subject.ref is not None and options.prompts is None and own is None:
         raise DmdrError("--bench scores with --model needs prompts: --prompts FILE (one per line) or --prompt TEXT")
     if subject.images is not None and options.prompts is not None:
         raise DmdrError("--prompt / --prompts choose what --model samples: an image folder's prompts are in its "
@@ -186,8 +176,8 @@ def _load_judges(subject: Subject, benches: list[str], options: EvaluateOptions,
 
             judges.scores = load_score_models(parse_metrics(options.metrics), options.weights, options.score_options,
                                               device)
-        if subject.world:
-            return judges
+        if subject.domain is not None:
+            return judges  # a domain's benches bring their own judges
         if "geneval" in benches:
             from ..evaluate.geneval_detect import (
                 DEFAULT_DETECTOR, load_clip_color_classifier, load_mask2former_detector,
@@ -210,19 +200,20 @@ def _sample_folders(subject: Subject, benches: list[str], options: EvaluateOptio
     """The folder each benchmark reads: --images for all, or sets drawn from the model under <report>/samples/."""
     if subject.images is not None:
         return {bench: subject.images for bench in benches}
+    domain = domains.get_domain(subject.domain)
     folders: dict[str, Path] = {}
     samplers: dict = {}  # the model loads once for all the sets it draws
     for bench in benches:
-        kind = {"scores": "prompts", "world-distance": "geneval"}.get(bench, bench)
+        kind = "prompts" if bench == "scores" else domain.sample_kind(bench) if domain else bench
         out = report_dir / "samples" / kind
         if kind not in {p.name for p in folders.values()}:
             prompts = None
             if kind == "prompts":
                 prompts = options.prompts
-                if prompts is None:  # a world model's score table: the world's held-out prompts
+                if prompts is None:  # a domain model's score table: its domain's prompts
                     from ..data.prompts import read_prompts
 
-                    prompts = (read_prompts(WORLD_SCORE_PROMPTS), WORLD_SCORE_PROMPTS)
+                    prompts = (read_prompts(domain.score_prompts), domain.score_prompts)
             result = run_sample(subject.ref.spec, out, prompts=prompts, bench=None if kind == "prompts" else kind,
                                 options=options.sample, console=console, dist=dist, samplers=samplers)
             subject.info = {k: result.settings[k] for k in ("kind", "steps", "nfe", "cfg") if k in result.settings}
@@ -252,16 +243,9 @@ def _score(bench: str, folder: Path, subject: Subject, judges: Judges, options: 
         return {**base, "prompts": settings.get("prompts", f"samples.jsonl of {folder}"),
                 "metrics": summarize_scores(results, judges.scores),
                 "per_prompt": per_prompt_scores(results, judges.scores)}
-    if subject.world:
-        if not dist.is_main:
-            return None  # the exact detector reads a world folder in seconds: no need to split it
-        if bench == "geneval":
-            return {**base, "prompt_set": settings.get("prompts", f"metadata.jsonl files of {folder}"),
-                    **world_bench.geneval_folder(folder, scratch.parent / "results.jsonl")}
-        if bench == "dpg":
-            return {**base, "prompt_set": settings.get("prompts", f"{world_bench.ITEMS_FILE} of {folder}"),
-                    **world_bench.dpg_folder(folder)}
-        return {**base, **world_bench.distance_folder(folder, features_path=report_dir / world_bench.FEATURES_FILE)}
+    domain = domains.get_domain(subject.domain)
+    if domain is not None:  # a domain's judges are exact and cheap: the main process scores the folder alone
+        return {**base, **domain.score(bench, folder, settings, report_dir)} if dist.is_main else None
     from ..evaluate import benches
 
     if bench == "geneval":
@@ -313,7 +297,7 @@ def run_evaluate(*, model: str | None = None, images: Path | None = None, report
 def _subject_record(subject: Subject) -> dict:
     ref = subject.ref
     return {"label": subject.label, "model": ref.spec if ref else None,
-            "images": str(subject.images.resolve()) if subject.images else None, "world": subject.world,
+            "images": str(subject.images.resolve()) if subject.images else None, "domain": subject.domain,
             "kind": subject.info.get("kind", ref.kind if ref else None), "steps": subject.info.get("steps"),
             "nfe": subject.info.get("nfe"), "cfg": subject.info.get("cfg")}
 

@@ -21,11 +21,10 @@ from rich.console import Console
 
 from ..errors import DmdrError
 from ..runtime.files import check_output_dir
-from ..evaluate import sample_sets
+from ..evaluate import domains, sample_sets
 from ..evaluate.generators import ModelRef, load_sampler, open_model, sampling_settings
 from ..evaluate.sample_sets import SampleSet
 from ..evaluate.shards import image_progress, share
-from ..evaluate.world_bench import SAMPLES_PER_PROMPT
 from ..runtime.distributed import Dist
 
 BENCHES = ("geneval", "dpg")
@@ -43,7 +42,7 @@ class SampleOptions:
     height: int | None = None
     width: int | None = None
     grid: bool = False
-    world: bool | None = None  # None: detect from the model
+    domain: str | None = None  # evaluate/domains.py: a name or "official"; None: detected from the model
     num_prompts: int | None = None  # the first N prompts of a set (quick runs)
     geneval_metadata: Path | None = None
     geneval_english_plurals: bool = False  # non-official wording of the generated GenEval prompts
@@ -88,26 +87,32 @@ def plan_sample_set(ref: ModelRef, *, bench: str | None, prompts: tuple[list[str
                                       num_prompts=options.num_prompts)
     if bench not in BENCHES:
         raise DmdrError(f"--bench {bench!r}: `dmdr sample` writes the image sets of {', '.join(BENCHES)}")
+    domain = domains.get_domain(ref.domain)
+    domains.refuse_official_options(ref.domain, {"--geneval-metadata": options.geneval_metadata,
+                                                 "--geneval-english-plurals": options.geneval_english_plurals,
+                                                 "--dpg-csv": options.dpg_csv})
     if bench == "geneval":
-        return sample_sets.geneval_set(world=ref.world, size=height, metadata=options.geneval_metadata,
-                                       per_prompt=options.per_prompt or SAMPLES_PER_PROMPT,
+        return sample_sets.geneval_set(size=height, metadata=options.geneval_metadata,
+                                       per_prompt=options.per_prompt or sample_sets.GENEVAL_PER_PROMPT,
                                        num_prompts=options.num_prompts,
-                                       english_plurals=options.geneval_english_plurals)
+                                       english_plurals=options.geneval_english_plurals, domain=domain)
     if options.per_prompt not in (None, sample_sets.DPG_TILES):
         raise DmdrError(f"--bench dpg writes a 2x2 grid of {sample_sets.DPG_TILES} images per prompt: drop "
                         f"--per-prompt {options.per_prompt}")
-    return sample_sets.dpg_set(world=ref.world, size=height, csv=options.dpg_csv, num_prompts=options.num_prompts)
+    return sample_sets.dpg_set(size=height, csv=options.dpg_csv, num_prompts=options.num_prompts, domain=domain)
 
 
 def _check_options(ref: ModelRef, options: SampleOptions, height: int, width: int) -> None:
     if options.cfg is not None and ref.kind == "student":
         raise DmdrError("--cfg applies to teachers: a distilled student samples without classifier-free guidance "
                         "(NFE = steps); drop --cfg")
+    domain = domains.get_domain(ref.domain)
+    if domain is not None:
+        domain.check_size(height, width)
+        return
     for name, value in (("--height", height), ("--width", width)):
-        if value < 8 or value % 8 and not ref.world:
+        if value < 8 or value % 8:
             raise DmdrError(f"{name} {value}: give a multiple of 8 (the model's native size is {ref.resolution})")
-    if ref.world and height != width:
-        raise DmdrError(f"shapes-world images are square: --height {height} and --width {width} differ")
 
 
 def run_sample(model: str, out: Path, *, prompts: tuple[list[str], str] | None = None, bench: str | None = None,
@@ -119,7 +124,7 @@ def run_sample(model: str, out: Path, *, prompts: tuple[list[str], str] | None =
     console = console or Console(highlight=False)
     out = Path(out)
     # 1. everything checkable without weights
-    ref = open_model(model, world=options.world)
+    ref = open_model(model, domain=options.domain)
     height, width = options.height or ref.resolution, options.width or ref.resolution
     _check_options(ref, options, height, width)
     sample_set = plan_sample_set(ref, bench=bench, prompts=prompts, options=options, height=height)

@@ -29,10 +29,9 @@ import torch
 from ..dmd.randomness import keyed_generator
 from ..errors import DmdrError
 from ..families import FAMILIES
+from . import domains
 
 TEACHER_PREFIX = "teacher:"
-WORLD_TEACHER = Path(__file__).resolve().parents[1] / "world" / "weights" / "teacher"
-WORLD_TEACHER_SUFFIX = ("dmdr_cli", "world", "weights", "teacher")
 TEACHER_STEPS, TEACHER_CFG = 25, 7.0
 
 
@@ -46,7 +45,7 @@ class ModelRef:
     uncond: str  # recipe guidance.uncond, "empty_prompt" for a bare teacher
     label: str  # a short name for reports
     identity: str  # what the images depend on (resolved checkpoint or teacher), for the resume check
-    world: bool  # a model of the built-in shapes world
+    domain: str | None  # the evaluation domain whose benches judge it (evaluate/domains.py); None: the official
     steps: int  # default sampling steps
     cfg: float | None  # default teacher CFG; None for students
     batch_size: int = 4
@@ -60,29 +59,16 @@ class ModelRef:
         return int(self.model.resolution)
 
 
-def open_model(spec: str, *, world: bool | None = None) -> ModelRef:
-    """Resolve MODEL (see the module docstring); `world` True/False overrides the world detection."""
+def open_model(spec: str, *, domain: str | None = None) -> ModelRef:
+    """Resolve MODEL (see the module docstring); `domain` (a name, or "official") overrides the detected one."""
     spec = str(spec).strip()
     if spec.startswith(TEACHER_PREFIX):
         ref = _open_teacher(spec)
     else:
         ref = _open_student(spec)
-    return ref if world is None else replace(ref, world=world)
-
-
-def is_world_teacher(pretrained: str) -> bool:
-    """Whether `pretrained` names the built-in world's teacher folder (relative to any working directory)."""
-    path = Path(pretrained).expanduser()
-    if path.exists() and path.resolve() == WORLD_TEACHER:
-        return True
-    return tuple(path.parts[-len(WORLD_TEACHER_SUFFIX):]) == WORLD_TEACHER_SUFFIX
-
-
-def is_world_recipe(recipe) -> bool:
-    """A recipe of the shapes world: it distils the built-in world teacher or configures the world."""
-    from ..recipe.schema import WorldSection
-
-    return is_world_teacher(recipe.model.pretrained) or recipe.world != WorldSection()
+    if domain is None:
+        return ref
+    return replace(ref, domain=None if domains.get_domain(domain) is None else domain)
 
 
 def _open_student(spec: str) -> ModelRef:
@@ -101,7 +87,7 @@ def _open_student(spec: str) -> ModelRef:
     return ModelRef(
         spec=spec, kind="student", model=recipe.model, uncond=recipe.guidance.uncond,
         label=f"{run_name} (step {source.step}, {recipe.student.steps}-step student)",
-        identity=str(source.checkpoint.resolve()), world=is_world_recipe(recipe),
+        identity=str(source.checkpoint.resolve()), domain=domains.of_recipe(recipe),
         steps=recipe.student.steps, cfg=None, batch_size=recipe.sample.batch_size,  # sample.steps is the teacher's
         per_prompt=recipe.sample.per_prompt, seed=recipe.sample.seed, source=source, run_dir=source.run_dir,
     )
@@ -137,9 +123,9 @@ def _bare_teacher(spec: str, family: str, pretrained: str) -> ModelRef:
     probe = ModelSection(family=family, pretrained=pretrained)
     source = resolve_pipeline(probe, family)  # cheap: model_index.json only; one-line errors for bad paths
     model = probe.model_copy(update={"resolution": _native_resolution(source, family)})
-    world = is_world_teacher(pretrained)
     return ModelRef(spec=spec, kind="teacher", model=model, uncond="empty_prompt",
-                    label=f"teacher {pretrained}", identity=f"teacher:{family}:{source.pretrained}", world=world,
+                    label=f"teacher {pretrained}", identity=f"teacher:{family}:{source.pretrained}",
+                    domain=domains.of_pretrained(pretrained),
                     steps=TEACHER_STEPS, cfg=TEACHER_CFG)
 
 
@@ -172,7 +158,7 @@ def _recipe_teacher(spec: str, where: str) -> ModelRef:
     cfg = recipe.sample.cfg if recipe.sample.cfg is not None else recipe.guidance.scale
     return ModelRef(spec=spec, kind="teacher", model=recipe.model, uncond=recipe.guidance.uncond,
                     label=f"teacher of {name}", identity=f"teacher:{recipe.model.family}:{recipe.model.pretrained}",
-                    world=is_world_recipe(recipe), steps=recipe.sample.steps or TEACHER_STEPS, cfg=cfg,
+                    domain=domains.of_recipe(recipe), steps=recipe.sample.steps or TEACHER_STEPS, cfg=cfg,
                     batch_size=recipe.sample.batch_size, per_prompt=recipe.sample.per_prompt, seed=recipe.sample.seed)
 
 
@@ -287,7 +273,7 @@ def sampling_settings(ref: ModelRef, *, steps: int | None, cfg: float | None, se
     student's times follow from its checkpoint and steps). The batch size is not among it."""
     steps = steps or ref.steps
     out = {"model": ref.identity, "kind": ref.kind, "steps": steps, "seed": seed, "height": height,
-           "width": width, "world": ref.world}
+           "width": width, "domain": ref.domain}
     if ref.kind == "teacher":
         cfg = cfg if cfg is not None else ref.cfg
         out.update(cfg=cfg, uncond=ref.uncond)

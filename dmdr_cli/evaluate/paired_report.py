@@ -1,12 +1,12 @@
 """Paired intervals between two `dmdr evaluate` reports (`dmdr evaluate --compare A B`): B - A per bench.
 
 Each report stores its per-unit scores (report.py's docstring says where): GenEval per prompt (its task and
-the fraction of its images judged correct), DPG per item id (0-100), each score column per prompt, and for
-world-distance the per-image features in an npz next to report.json. The units present in both reports are
-paired (a prompt pairs by its folder index and text, `paired.unit_key`; so do not prompts of different
-prompt sets), and the difference B - A gets a 95% percentile bootstrap over them (evaluate/paired.py,
+the fraction of its images judged correct), DPG per item id (0-100), each score column per prompt, and for a
+domain's distance bench (world-distance) the per-image features in an npz next to report.json. The units
+present in both reports are paired (a prompt pairs by its folder index and text, `paired.unit_key`; so do
+not prompts of different prompt sets), and the difference B - A gets a 95% percentile bootstrap over them (evaluate/paired.py,
 1,000 seeded resamples): GenEval's overall stratified by task (the mean of task means, each task keeping its
-prompt count), each task, DPG's overall, each score column; world-distance over paired images, the same
+prompt count), each task, DPG's overall, each score column; a distance over paired images, the same
 resampled images for both models and A's real renders.
 
 A bench whose units fewer than half pair gets no interval (one line says so), and so does a bench one of the
@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .domains import distance_sections, title_prefix
 from .paired import CONFIDENCE, RESAMPLES, Interval, bootstrap_interval, paired_mean_difference
 
 SEED = 0
-UNITS = {"geneval": "prompts", "dpg": "items", "scores": "prompts", "world-distance": "images"}
+UNITS = {"geneval": "prompts", "dpg": "items", "scores": "prompts"}  # a distance bench pairs "images"
 
 
 def paired_differences(a: dict, b: dict, *, seed: int = SEED, resamples: int = RESAMPLES) -> dict:
@@ -37,10 +38,11 @@ def paired_differences(a: dict, b: dict, *, seed: int = SEED, resamples: int = R
                             + " and ".join(f"{s['label']} is an image folder without a report" for s, r in
                                            zip((a, b), reports) if not r) + " (pass --bench to evaluate it first)")
         return out
-    world = "world-" if reports[0].get("subject", {}).get("world") else ""
+    prefix = title_prefix(reports[0].get("subject", {}))
+    distances = distance_sections(reports[0]["benches"])
     options = {"seed": seed, "resamples": resamples}
     missing: dict[str, list[str]] = {}  # bench -> labels of the sides without its units
-    for bench in (name for name in UNITS if all(name in r["benches"] for r in reports)):
+    for bench in (name for name in (*UNITS, *distances) if all(name in r["benches"] for r in reports)):
         sections = [r["benches"][bench] for r in reports]
         if bench == "scores":
             names = [n for n in sections[0].get("metrics", {}) if n in sections[1].get("metrics", {})]
@@ -52,12 +54,13 @@ def paired_differences(a: dict, b: dict, *, seed: int = SEED, resamples: int = R
                 columns = [t["metrics"].index(name) for t in tables]
                 units = [{k: v[c] for k, v in t["prompts"].items()} for t, c in zip(tables, columns)]
                 _pair_values(out, sections[0]["metrics"][name].get("column", name), bench, units, 2, options)
-        elif bench == "world-distance":
-            features = _features_of(sections, (a, b), missing, out["notes"])
+        elif bench in distances:
+            name = distances[bench]["title"].lower()
+            features = _features_of(sections, (a, b), missing, out["notes"], name)
             if features is not None:
-                _pair_distance(out, features, options)
+                _pair_distance(out, features, options, name, bench)
         else:
-            title = f"{world}{'GenEval' if bench == 'geneval' else 'DPG'}"
+            title = f"{prefix}{'GenEval' if bench == 'geneval' else 'DPG'}"
             units = _units_of(sections, "units", (a, b), missing, title)
             if units is None:
                 continue
@@ -87,7 +90,7 @@ def _common(out: dict, title: str, bench: str, keys: list, minimum: int = 1) -> 
     a, b = keys
     common = [k for k in a if k in b]
     larger = max(len(a), len(b))
-    what = UNITS[bench]
+    what = UNITS.get(bench, "images")
     if len(common) < max(minimum, (larger + 1) // 2):
         out["notes"].append(f"{title}: only {len(common)} of {len(a)} (A) / {len(b)} (B) {what} pair (same "
                             f"prompt set, same prompt index and text): no interval; compare reports of the same "
@@ -100,7 +103,7 @@ def _common(out: dict, title: str, bench: str, keys: list, minimum: int = 1) -> 
 
 
 def _row(out: dict, metric: str, bench: str, interval: Interval, sizes: tuple[int, int], digits: int) -> None:
-    out["rows"].append({"metric": metric, "bench": bench, "units": UNITS[bench], "paired": interval.n,
+    out["rows"].append({"metric": metric, "bench": bench, "units": UNITS.get(bench, "images"), "paired": interval.n,
                         "a_units": sizes[0], "b_units": sizes[1], "digits": digits, **interval.as_dict()})
 
 
@@ -128,17 +131,17 @@ def _pair_geneval(out: dict, title: str, units: list[dict], options: dict) -> No
         _row(out, f"{title} {task}", "geneval", paired_mean_difference(b[mine], a[mine], **options), sizes, 3)
 
 
-def _features_of(sections: list[dict], sides, missing: dict, notes: list[str]) -> list[dict] | None:
-    """Each side's world-distance features {"keys", "generated", "real"}, or None (noted)."""
+def _features_of(sections: list[dict], sides, missing: dict, notes: list[str], title: str) -> list[dict] | None:
+    """Each side's distance features {"keys", "generated", "real"}, or None (noted)."""
     loaded = []
     for side, section in zip(sides, sections):
         name = section.get("features_file")
         if not name:
-            missing.setdefault("world distance", []).append(side["label"])
+            missing.setdefault(title, []).append(side["label"])
             continue
         path = Path(side.get("folder", ".")) / name
         if not path.is_file():
-            notes.append(f"world distance: {path} is missing (it holds {side['label']}'s per-image features): "
+            notes.append(f"{title}: {path} is missing (it holds {side['label']}'s per-image features): "
                          f"no interval")
             return None
         with np.load(path, allow_pickle=False) as data:
@@ -146,13 +149,13 @@ def _features_of(sections: list[dict], sides, missing: dict, notes: list[str]) -
     return loaded if len(loaded) == 2 else None
 
 
-def _pair_distance(out: dict, features: list[dict], options: dict) -> None:
+def _pair_distance(out: dict, features: list[dict], options: dict, title: str, bench: str) -> None:
     """FD(B, real) - FD(A, real) over paired images: both models' features and A's real renders of those
     images resampled together."""
     from .frechet import frechet_between
 
     keys = [[str(k) for k in f["keys"]] for f in features]
-    common = _common(out, "world distance", "world-distance", keys, minimum=2)
+    common = _common(out, title, bench, keys, minimum=2)
     if common is None:
         return
     where = [{k: i for i, k in enumerate(side)} for side in keys]
@@ -162,7 +165,7 @@ def _pair_distance(out: dict, features: list[dict], options: dict) -> None:
     interval = bootstrap_interval(
         len(common), lambda idx: frechet_between(gb[idx], real[idx]) - frechet_between(ga[idx], real[idx]),
         **options)
-    _row(out, "world distance", "world-distance", interval, (len(keys[0]), len(keys[1])), 3)
+    _row(out, title, bench, interval, (len(keys[0]), len(keys[1])), 3)
 
 
 def format_row(row: dict) -> str:
@@ -177,9 +180,8 @@ def title(paired: dict, prefix: str = "B - A, paired: ") -> str:
             f"difference")
 
 
-FD_NOTE = ("World distance: FD(B, real) - FD(A, real), bootstrapped over the paired images (both models' "
-           "features and A's real renders of the same images resampled together), from each report's "
-           "world_distance_features.npz.")
+FD_NOTE = ("{title}: FD(B, real) - FD(A, real), bootstrapped over the paired images (both models' features and "
+           "A's real renders of the same images resampled together), from each report's features file.")
 
 
 def markdown(paired: dict) -> list[str]:
@@ -188,7 +190,7 @@ def markdown(paired: dict) -> list[str]:
         lines += ["", "| metric | paired units | B - A [95% interval] |", "|---|---|---|"]
         lines += [f"| {r['metric']} | {r['paired']} {r['units']} | {format_row(r)} |" for r in paired["rows"]]
     lines += [""]
-    if any(r["bench"] == "world-distance" for r in paired["rows"]):
-        lines += [FD_NOTE, ""]
+    for metric in dict.fromkeys(r["metric"] for r in paired["rows"] if r["bench"] not in UNITS):
+        lines += [FD_NOTE.format(title=metric.capitalize()), ""]
     lines += [f"- {note}" for note in paired["notes"]]
     return lines + ([""] if paired["notes"] else [])

@@ -10,13 +10,13 @@ not its kind, e.g. the shapes world's bench declines a real SDXL teacher). A bui
 
 `encode(texts)` hands a bench the conditioning of its prompts; `ctx` is the engine's StepContext (family,
 networks, recipe, student times). Benches register with `register_run_bench`; the built-in ones live in
-the modules of BUILTIN_MODULES, each registering itself on import (the shapes world's: world/report.py).
-A second world adds its module here, or calls `register_run_bench` from its own package.
+modules that register themselves on import, loaded on first use (dmdr_cli/builtin_plugins.py; the shapes
+world's: world/report.py). A second world adds its module there, or calls `register_run_bench` from its own
+package.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -35,9 +35,7 @@ class RunBench(Protocol):
 
 
 RunBenchFactory = Callable[[object, str], "RunBench | None"]
-BUILTIN_MODULES = ("dmdr_cli.world.report",)
 _FACTORIES: dict[str, RunBenchFactory] = {}
-_loaded = False
 
 
 def register_run_bench(name: str, factory: RunBenchFactory, *, replace: bool = False) -> None:
@@ -52,11 +50,9 @@ def unregister_run_bench(name: str) -> None:
 
 def run_benches(cfg, stage: str) -> list[RunBench]:
     """The benches that apply to this run, in registration order."""
-    global _loaded
-    if not _loaded:
-        for module in BUILTIN_MODULES:
-            importlib.import_module(module)
-        _loaded = True
+    from .. import builtin_plugins
+
+    builtin_plugins.load("run_benches")
     return [bench for bench in (factory(cfg, stage) for factory in list(_FACTORIES.values())) if bench is not None]
 
 

@@ -4,18 +4,21 @@ and the side-by-side comparison of two reports or image folders (`dmdr evaluate 
 
 A report dict looks like
 
-    {"subject": {"label", "model", "images", "kind", "steps", "nfe", "cfg", "world"},
+    {"subject": {"label", "model", "images", "kind", "steps", "nfe", "cfg", "domain"},
      "benches": {"scores": {"samples", "prompts", "metrics": {name: {"mean", "ci95", "column", ...}},
                             "per_prompt": {"metrics": [name], "prompts": {unit: [mean per metric]}}},
                  "geneval": {"samples", "prompt_set", "detector", "scores": {task: accuracy, "overall"},
                              "correct_images", "correct_prompts", "results", "units": {unit: [task, fraction]}},
                  "dpg": {"samples", "prompt_set", "vqa", "arithmetic", "scores": {"overall", category: 0-100},
                          "answers", "units": {item_id: 0-100}},
-                 "world-distance": {"samples", "distance", "drift", "features_file", ...}}}
+                 "world-distance": {"samples", "title", "distance", "drift", "features_file", ...}}}
+
+A domain's model (evaluate/domains.py) titles GenEval and DPG after its domain ("world-GenEval"); a domain's
+distance bench (a section with "distance" and "title") is one column and one section of its own.
 
 A unit is one prompt, named by its index in the prompt set and its text (`paired.unit_key`), or one DPG item
 (DPG-Bench: its id; the shapes world: its id and prompt text, world ids being positions); "features_file"
-(world_distance_features.npz, next to report.json) holds world-distance's per-image features. They are what
+(e.g. world_distance_features.npz, next to report.json) holds a distance bench's per-image features. They are what
 `--compare` pairs for its B - A intervals (paired_report.py).
 """
 
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from ..runtime import files
 from ..errors import DmdrError
+from .domains import distance_sections, title_prefix
 from .sample_sets import SAMPLES_FILE, grid_of, read_samples_jsonl, sample_groups, save_atomic, write_grid
 
 REPORT_JSON, REPORT_MD, TASKS_PNG = "report.json", "report.md", "tasks.png"
@@ -37,23 +41,23 @@ SCORE_COLUMNS = ("CLIP", "Aesthetic", "Pick", "HPS")
 # One report.
 
 def headline(report: dict) -> dict[str, float | int | None]:
-    """The paper table's row: Steps, NFE, CLIP, Aesthetic, Pick, HPS, GenEval, DPG (world: world-GenEval,
-    world-DPG, world distance); a column appears only when measured."""
+    """The paper table's row: Steps, NFE, CLIP, Aesthetic, Pick, HPS, GenEval, DPG (a domain's model: its
+    domain's GenEval and DPG, and its distance benches); a column appears only when measured."""
     subject, benches = report.get("subject", {}), report.get("benches", {})
-    world = "world-" if subject.get("world") else ""
+    prefix = title_prefix(subject)
     row: dict = {"Steps": subject.get("steps"), "NFE": subject.get("nfe")}
     metrics = benches.get("scores", {}).get("metrics", {})
     ordered = sorted(metrics.values(), key=lambda m: (SCORE_COLUMNS + (m["column"],)).index(m["column"]))
     for m in ordered:
         row[m["column"]] = m["mean"]
     if "geneval" in benches:
-        row[f"{world}GenEval"] = benches["geneval"]["scores"]["overall"]
+        row[f"{prefix}GenEval"] = benches["geneval"]["scores"]["overall"]
         if "correct_prompts" in benches["geneval"]:  # GenEval's second headline figure
             row["GenEval correct prompts"] = benches["geneval"]["correct_prompts"]
     if "dpg" in benches:
-        row[f"{world}DPG"] = benches["dpg"]["scores"]["overall"]
-    if "world-distance" in benches:
-        row["world distance"] = benches["world-distance"]["distance"]
+        row[f"{prefix}DPG"] = benches["dpg"]["scores"]["overall"]
+    for section in distance_sections(benches).values():
+        row[section["title"].lower()] = section["distance"]
     return row
 
 
@@ -113,7 +117,7 @@ def _markdown(report: dict, chart: bool, grids: list[str]) -> str:
     for name, title in (("geneval", "GenEval"), ("dpg", "DPG-Bench")):
         if name in benches:
             b = benches[name]
-            lines += [f"## {'World-' if subject.get('world') else ''}{title}", "", f"Prompts: {b['prompt_set']}."]
+            lines += [f"## {title_prefix(subject).capitalize()}{title}", "", f"Prompts: {b['prompt_set']}."]
             judge = b.get("detector") or b.get("vqa")
             if judge:
                 lines += [f"Judge: {judge}."]
@@ -124,9 +128,8 @@ def _markdown(report: dict, chart: bool, grids: list[str]) -> str:
             lines += _table(["task" if name == "geneval" else "category", "score"],
                             [[k, v] for k, v in b["scores"].items()])
             lines += [""]
-    if "world-distance" in benches:
-        d = benches["world-distance"]
-        lines += ["## World distance", "",
+    for d in distance_sections(benches).values():
+        lines += [f"## {d['title']}", "",
                   f"Fréchet distance {d['distance']:.4g} over {d['n']} images: {d['features']}; "
                   f"reference: {d['reference']}.", ""]
         if d.get("drift"):

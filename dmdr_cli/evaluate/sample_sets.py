@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,6 @@ from PIL import Image
 
 from ..errors import DmdrError
 from ..runtime import files
-from . import world_bench
 from .dpg import load_dpg_csv, make_grid
 from .geneval_folder import sample_path, write_prompt_folders
 from .geneval_prompts import geneval_prompt_set
@@ -33,6 +33,7 @@ SETTINGS_FILE = "sample_settings.json"
 SAMPLES_FILE = "samples.jsonl"
 GRID_FILE = "grid.png"
 DPG_TILES = 4
+GENEVAL_PER_PROMPT = 4  # GenEval's protocol
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,9 @@ class SampleSet:
 class GenEvalSet(SampleSet):
     kind = "geneval"
 
-    def __init__(self, records: list[dict], per_prompt: int, source: str, world: bool):
+    def __init__(self, records: list[dict], per_prompt: int, source: str):
         super().__init__([r["prompt"] for r in records], per_prompt, source)
-        self.records, self.world = records, world
+        self.records = records
 
     def file(self, prompt_index: int, image_index: int) -> str:
         return sample_path(".", prompt_index, image_index).as_posix()
@@ -95,16 +96,17 @@ class GenEvalSet(SampleSet):
 class DpgSet(SampleSet):
     kind = "dpg"
 
-    def __init__(self, item_ids: list[str], prompts: list[str], source: str, world_items: list[dict] | None):
+    def __init__(self, item_ids: list[str], prompts: list[str], source: str,
+                 prepare: Callable[[Path], None] | None = None):
         super().__init__(prompts, DPG_TILES, source)
-        self.item_ids, self.world_items = item_ids, world_items
+        self.item_ids, self._prepare = item_ids, prepare  # prepare: a domain's own files (its items)
 
     def file(self, prompt_index: int, image_index: int) -> str:
         return f"tiles/{self.item_ids[prompt_index]}_{image_index}.png"
 
     def prepare(self, out: Path) -> None:
-        if self.world_items is not None:
-            world_bench.write_items(out, self.world_items)
+        if self._prepare is not None:
+            self._prepare(out)
 
     def finish(self, out: Path) -> None:
         for p, item_id in enumerate(self.item_ids):
@@ -128,36 +130,26 @@ def prompt_set(prompts: list[str], source: str, per_prompt: int, num_prompts: in
     return SampleSet(_first(prompts, num_prompts), per_prompt, _described(source, prompts, num_prompts))
 
 
-def geneval_set(*, world: bool, size: int, per_prompt: int, metadata: str | Path | None = None,
-                num_prompts: int | None = None, english_plurals: bool = False) -> GenEvalSet:
-    if world:
-        if metadata is not None:
-            raise DmdrError("--geneval-metadata is GenEval's official file of COCO prompts: a shapes-world model is "
-                            "evaluated on the world's own prompts; drop --geneval-metadata (or --world)")
-        if english_plurals:
-            raise DmdrError("--geneval-english-plurals rewords GenEval's COCO prompts: a shapes-world model is "
-                            "evaluated on the world's own prompts; drop it (or --world)")
-        records, source = world_bench.world_geneval_metadata(size, num_prompts)
-    else:
-        records, source = geneval_prompt_set(metadata, plural_style="english" if english_plurals else "official")
-        source = _described(source, records, num_prompts)
-        records = _first(records, num_prompts)
-    return GenEvalSet(records, per_prompt, source, world)
+def geneval_set(*, size: int, per_prompt: int, metadata: str | Path | None = None, num_prompts: int | None = None,
+                english_plurals: bool = False, domain=None) -> GenEvalSet:
+    """GenEval's prompts (the official metadata, or GenEval's procedure), or a domain's own (evaluate/domains.py)."""
+    if domain is not None:
+        return domain.geneval_set(size, per_prompt, num_prompts)
+    records, source = geneval_prompt_set(metadata, plural_style="english" if english_plurals else "official")
+    source = _described(source, records, num_prompts)
+    return GenEvalSet(_first(records, num_prompts), per_prompt, source)
 
 
-def dpg_set(*, world: bool, size: int, csv: str | Path | None = None, num_prompts: int | None = None) -> DpgSet:
-    if world:
-        if csv is not None:
-            raise DmdrError("--dpg-csv is DPG-Bench's prompt file: a shapes-world model is evaluated on the world's "
-                            "own dense prompts; drop --dpg-csv (or --world)")
-        items, source = world_bench.world_dpg_items(size, num_prompts)
-        return DpgSet([i["item_id"] for i in items], [i["prompt"] for i in items], source, items)
+def dpg_set(*, size: int, csv: str | Path | None = None, num_prompts: int | None = None, domain=None) -> DpgSet:
+    """DPG-Bench's prompts from its CSV, or a domain's own dense items (evaluate/domains.py)."""
+    if domain is not None:
+        return domain.dpg_set(size, num_prompts)
     if csv is None:
         raise DmdrError("--bench dpg needs DPG-Bench's prompts: pass --dpg-csv PATH (dpg_bench.csv from ELLA's "
                         "repository, dpg_bench/dpg_bench.csv; it is not shipped with dmdr)")
     every = load_dpg_csv(csv, all_rows=True)  # every prompt gets a grid, whatever the scoring then skips
     items, source = _first(every, num_prompts), _described(f"DPG-Bench CSV {csv}", every, num_prompts)
-    return DpgSet([i.item_id for i in items], [i.prompt for i in items], source, None)
+    return DpgSet([i.item_id for i in items], [i.prompt for i in items], source)
 
 
 def _first(values: list, n: int | None) -> list:

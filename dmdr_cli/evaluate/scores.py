@@ -95,8 +95,6 @@ def load_score_models(metrics: list[Metric], weights: dict[str, str | None], opt
                         f"{','.join(m.name for m in metrics)}")
     models = []
     for m in metrics:
-        if m.reward.startswith("world"):
-            from ..world import reward as _registers_world_clip  # noqa: F401
         extra = dict(options.get(m.name, {}))
         path = weights.get(m.name) or extra.pop("path", None)
         key = f"@{m.name}"  # placeholder in the reward's messages, replaced by the option names below

@@ -34,6 +34,9 @@ def register_reward(name: str, factory: RewardFactory, *, replace: bool = False)
 def build_reward(spec: RewardSpec, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, *,
                  key: str = "rl.rewards[i]", gradient_checkpointing: bool = False) -> Reward:
     """The frozen reward a recipe entry describes, on `device` (bf16 on GPU unless `dtype`, fp32 on CPU)."""
+    from .. import builtin_plugins
+
+    builtin_plugins.load("rewards")
     factory = REWARDS.get(spec.name)
     if factory is None:
         close = difflib.get_close_matches(spec.name, list(REWARDS), n=1)

@@ -34,7 +34,6 @@ def build_rl_branch(cfg, device: torch.device, stage: str):
         _check_grpo_sampler(cfg)  # before the rewards and the teacher load
     from ..rewards.registry import build_reward
 
-    _register_builtin_rewards()
     rewards = [(build_reward(spec, device, key=f"rl.rewards[{i}]",
                              gradient_checkpointing=cfg.train.gradient_checkpointing), spec)
                for i, spec in enumerate(cfg.rl.rewards)]
@@ -54,14 +53,6 @@ def _check_grpo_sampler(cfg) -> None:
         raise DmdrError(f"rl.algorithm grpo optimises the student's sde transitions but student.sampler is not sde "
                         f"({how}): set student.sampler=sde so the policy trained is the one sampled, or use refl "
                         f"or dpo")
-
-
-def _register_builtin_rewards() -> None:
-    """The built-in world registers `world-clip` on import (lazily, to keep the CLI fast)."""
-    try:
-        from ..world import reward  # noqa: F401
-    except ImportError:
-        pass
 
 
 class RLBranch:

@@ -22,7 +22,7 @@ from .prompts import generate_prompts
 PROMPT_SIZE = 24
 TRAIN_GENEVAL, TRAIN_DENSE, TRAIN_SEED = 1000, 1000, 0
 VAL_GENEVAL, VAL_DENSE, VAL_SEED = 553, 200, 1
-EVAL_SEED = 2  # the frozen evaluation set (evaluate/world_bench.py): neither training's nor validation's seed
+EVAL_SEED = 2  # the frozen evaluation set (world/bench.py): neither training's nor validation's seed
 
 
 @lru_cache(maxsize=1)

@@ -3,7 +3,7 @@
 Both are sampled on the same prompts with the same keyed noise: the teacher with its own scheduler
 (25 steps, CFG: 50 NFE), the student with its few-step sampler (NFE = its steps). Scores: world-GenEval
 (overall and per task), world-DPG, the world-clip reward and the distance to real renders
-(evaluate/world_bench.py). The teacher's numbers are cached next to its weights, keyed by the settings
+(world/bench.py). The teacher's numbers are cached next to its weights, keyed by the settings
 that produced them, so they are computed once (the shipped teacher ships its cache). Writes report/ (markdown, JSON, a teacher-vs-student
 grid, curve plots) and prints the table.
 """
@@ -25,6 +25,7 @@ from ..evaluate.plugins import register_run_bench
 from ..families.base import Guidance
 from ..sampling import teacher_sample
 from .detect import ACCEPT_SCORE
+from .domain import is_world_model
 
 TEACHER_FOLDER = Path(__file__).parent / "weights" / "teacher"  # the shipped one
 EVAL_SEED, EVAL_TAG = 0, "world-eval"  # teacher and student start from the same keyed noise
@@ -33,24 +34,9 @@ GRID_IMAGES = 48  # teacher images kept in the cache for the side-by-side grid
 CACHE_FILE = "eval_cache.json"
 
 
-def is_world_model(cfg) -> bool:
-    """A recipe distilling a shapes-world teacher: a pipeline folder that `dmdr world teacher` wrote (its
-    recipe.yaml has a world.teacher section). Its report is the world table."""
-    import yaml
-
-    written_by = Path(cfg.model.pretrained) / "recipe.yaml"
-    if not (written_by.is_file() and (written_by.parent / "model_index.json").is_file()):
-        return False
-    try:
-        recipe = yaml.safe_load(written_by.read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(recipe, dict) and isinstance(recipe.get("world"), dict) and "teacher" in recipe["world"]
-
-
 def eval_entries(resolution: int) -> list[dict]:
-    """The frozen evaluation set, one entry per image (evaluate/world_bench.py)."""
-    from ..evaluate.world_bench import evaluation_entries
+    """The frozen evaluation set, one entry per image (world/bench.py)."""
+    from .bench import evaluation_entries
 
     return evaluation_entries(resolution)
 
@@ -74,7 +60,6 @@ def _reward(cfg, device):
     from ..rewards.registry import build_reward
 
     try:
-        from . import reward  # noqa: F401  registers world-clip
         return build_reward(RewardSpec(name="world-clip"), device)
     except Exception:  # no trained reward shipped: the table leaves the column out
         return None
@@ -94,7 +79,7 @@ def teacher_metrics(family, net, uncond, conds, entries, steps: int, cfg_scale: 
     """(metrics with per-prompt "units", {"features", "grid"}) of the teacher, from the cache next to its
     weights when the key matches: eval_cache.json holds the metrics, eval_cache-<key>.npz the images' FD
     features and the grid's images. Otherwise computed (1,392 images x 50 NFE) and written there."""
-    from ..evaluate.world_bench import world_evaluation
+    from .bench import world_evaluation
 
     folder = Path(folder)
     key = cache_key(folder, family.components.scheduler_config, entries, steps, cfg_scale, resolution, reward)
@@ -124,7 +109,7 @@ def teacher_metrics(family, net, uncond, conds, entries, steps: int, cfg_scale: 
 def student_metrics(ctx, entries, conds, reward=None) -> tuple[dict, dict, torch.Tensor]:
     """The student's world metrics, details (per-image verdicts, FD features) and images, from the
     teacher's noise row for row."""
-    from ..evaluate.world_bench import world_evaluation
+    from .bench import world_evaluation
 
     images = student_images(ctx, conds, EVAL_SEED, EVAL_TAG)
     metrics, details = world_evaluation(images, entries, reward=reward)
@@ -133,7 +118,7 @@ def student_metrics(ctx, entries, conds, reward=None) -> tuple[dict, dict, torch
 
 def validation_entries(resolution: int) -> list[dict]:
     """The validation set (builtin:world-val, 168 images), never the evaluation set."""
-    from ..evaluate.world_bench import validation_entries as entries
+    from .bench import validation_entries as entries
 
     return entries(resolution)
 
@@ -210,7 +195,7 @@ def world_report(ctx, encode, run_dir: Path, console: Console) -> dict:
                                                     "teacher_steps": steps, "teacher_cfg": cfg_scale,
                                                     "student_steps": len(ctx.student_times),
                                                     "eval_images": len(entries)}, indent=1))
-    from ..evaluate.world_bench import write_geneval_images, write_results
+    from .bench import write_geneval_images, write_results
 
     write_geneval_images(folder, student_all, entries, details["records"])
     write_results(folder / "results.jsonl", details["records"])

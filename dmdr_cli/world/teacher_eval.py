@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..evaluate.geneval_score import summarize
-from ..evaluate.world_bench import as_uint8, geneval_results
+from .bench import as_uint8, geneval_results
 from ..families import Family
 from ..families.base import Guidance
 from ..sampling import teacher_sample

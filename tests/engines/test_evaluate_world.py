@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from test_sample import cli, ok, one_line_error
 
-from dmdr_cli.evaluate import sample_sets, world_bench
+from dmdr_cli.evaluate import sample_sets
+from dmdr_cli.world import bench as world_bench
 from dmdr_cli.evaluate.frechet import frechet_between, frechet_distance, trace_sqrt_product
-from dmdr_cli.evaluate.world_features import FEATURE_NAMES, world_features
+from dmdr_cli.world.features import FEATURE_NAMES, world_features
 
 SIZE = 24
 
@@ -27,7 +28,7 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def write_folder(out: Path, sample_set, entries: list[dict], images: list[np.ndarray]) -> Path:
     """A folder as `dmdr sample` writes it (settings, layout files, images, samples.jsonl)."""
-    sample_sets.write_settings(out, {"world": True, "set": sample_set.kind, "prompts": sample_set.source,
+    sample_sets.write_settings(out, {"domain": "world", "set": sample_set.kind, "prompts": sample_set.source,
                                      "steps": 0, "nfe": 0})
     sample_set.prepare(out)
     jobs = sample_set.jobs()
@@ -41,7 +42,7 @@ def write_folder(out: Path, sample_set, entries: list[dict], images: list[np.nda
 @pytest.fixture(scope="module")
 def geneval_set():
     records, source = world_bench.world_geneval_metadata(SIZE, 24)
-    sample_set = sample_sets.GenEvalSet(records, 4, source, world=True)
+    sample_set = sample_sets.GenEvalSet(records, 4, source)
     entries = [records[job.prompt_index] for job in sample_set.jobs()]
     return sample_set, entries, world_bench.reference_renders(entries, SIZE, seed=0)
 
@@ -63,7 +64,8 @@ def degraded_geneval(geneval_set, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clean_dpg(tmp_path_factory) -> Path:
     items, source = world_bench.world_dpg_items(SIZE, 6)
-    sample_set = sample_sets.DpgSet([i["item_id"] for i in items], [i["prompt"] for i in items], source, items)
+    sample_set = sample_sets.DpgSet([i["item_id"] for i in items], [i["prompt"] for i in items], source,
+                                    prepare=lambda out: world_bench.write_items(out, items))
     entries = [items[job.prompt_index] for job in sample_set.jobs()]
     renders = world_bench.reference_renders(entries, SIZE, seed=3)
     return write_folder(tmp_path_factory.mktemp("world") / "dpg", sample_set, entries, renders)
@@ -76,7 +78,7 @@ def report_of(folder: Path) -> dict:
 def test_clean_renders_are_perfect_and_at_distance_zero(clean_geneval, clean_dpg, tmp_path):
     ok("evaluate", "--images", clean_geneval, "--bench", "geneval,world-distance", "--report", tmp_path / "g")
     report = report_of(tmp_path / "g")
-    assert report["subject"]["world"]  # read from sample_settings.json
+    assert report["subject"]["domain"] == "world"  # read from sample_settings.json
     geneval = report["benches"]["geneval"]
     assert geneval["scores"] == {task: 1.0 for task in geneval["scores"]} and len(geneval["scores"]) == 7
     assert "exact detector" in geneval["detector"] and geneval["images"] == 96
@@ -154,7 +156,7 @@ def test_frechet_distance_closed_forms():
 def test_a_world_teacher_end_to_end(tiny_sd_pixel, tmp_path):
     """Sampling with the world's prompts at 16 px, then every world benchmark, through one command."""
     out = tmp_path / "report"
-    ok("evaluate", "--model", f"teacher:sd:{tiny_sd_pixel}", "--world", "--bench", "geneval,dpg,world-distance",
+    ok("evaluate", "--model", f"teacher:sd:{tiny_sd_pixel}", "--domain", "world", "--bench", "geneval,dpg,world-distance",
        "--num-prompts", 2, "--steps", 2, "--batch", 8, "--report", out)
     report = report_of(out)
     assert set(report["benches"]) == {"geneval", "dpg", "world-distance"}

@@ -135,7 +135,7 @@ def test_geneval_layout(tiny_sd, tmp_path):
         validate_metadata(record, str(folder))  # GenEval's own format, COCO classes
         assert sorted(p.name for p in (folder / "samples").iterdir()) == [f"{k:04d}.png" for k in range(4)]
     settings = json.loads((out / "sample_settings.json").read_text())
-    assert settings["set"] == "geneval" and "generated" in settings["prompts"] and not settings["world"]
+    assert settings["set"] == "geneval" and "generated" in settings["prompts"] and settings["domain"] is None
 
 
 def test_dpg_layout_is_a_2x2_grid_per_item(tiny_sd, tmp_path):
@@ -154,7 +154,7 @@ def test_dpg_layout_is_a_2x2_grid_per_item(tiny_sd, tmp_path):
 
 def test_world_model_samples_the_worlds_prompts(tiny_sd_pixel, tmp_path):
     out = tmp_path / "world"
-    ok("sample", f"teacher:sd:{tiny_sd_pixel}", "--world", "--bench", "geneval", "--num-prompts", 3, "--steps", 2,
+    ok("sample", f"teacher:sd:{tiny_sd_pixel}", "--domain", "world", "--bench", "geneval", "--num-prompts", 3, "--steps", 2,
        "--cfg", 1, "--out", out)
     record = json.loads((out / "00000" / "metadata.jsonl").read_text())
     assert record["include"][0]["class"] in ("circle", "square", "triangle")

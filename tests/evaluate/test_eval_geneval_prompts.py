@@ -180,13 +180,11 @@ def test_loader_missing_file(tmp_path):
 def test_sample_sets_take_the_english_plurals_only_when_asked():
     from dmdr_cli.evaluate.sample_sets import geneval_set
 
-    official = geneval_set(world=False, size=64, per_prompt=1)
-    english = geneval_set(world=False, size=64, per_prompt=1, english_plurals=True)
+    official = geneval_set(size=64, per_prompt=1)
+    english = geneval_set(size=64, per_prompt=1, english_plurals=True)
     assert "a photo of two sheeps" in [r["prompt"] for r in official.records]
     assert "a photo of two sheep" in [r["prompt"] for r in english.records]
     assert "NOT the official prompt texts" in english.source and "NOT" not in official.source
-    with pytest.raises(DmdrError, match="shapes-world"):
-        geneval_set(world=True, size=64, per_prompt=1, english_plurals=True)
 
 
 def test_help_names_the_non_official_options():

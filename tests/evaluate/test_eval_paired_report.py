@@ -17,7 +17,7 @@ from dmdr_cli.evaluate.scores import METRICS, ScoreModel, per_prompt_scores, sum
 
 
 def report(label: str, geneval: dict, dpg: dict, clip: dict) -> dict:
-    return {"subject": {"label": label, "world": False, "steps": 4, "nfe": 4},
+    return {"subject": {"label": label, "steps": 4, "nfe": 4},
             "benches": {
                 "geneval": {"prompt_set": "p", "scores": {"overall": 0.5}, "units": geneval},
                 "dpg": {"prompt_set": "d", "scores": {"overall": 50.0}, "units": dpg},
@@ -134,15 +134,15 @@ def test_score_table_keeps_per_prompt_means_in_a_sane_size():
 def test_world_distance_pairs_images_by_key_against_as_real_renders(tmp_path):
     """FD(B, real) - FD(A, real) over the images both feature files hold, A's real renders for both."""
     from dmdr_cli.evaluate.frechet import frechet_between
-    from dmdr_cli.evaluate.world_bench import FEATURES_FILE
+    from dmdr_cli.world.bench import FEATURES_FILE
 
     rng = np.random.default_rng(0)
     keys = [f"{p:05d}|a cube#{k}" for p in range(20) for k in range(2)]
     a_gen, real, b_gen = rng.normal(size=(40, 3)), rng.normal(size=(40, 3)), rng.normal(1.0, 1.0, size=(40, 3))
     sides = []
     for name, gen, names in (("a", a_gen, keys), ("b", b_gen, keys[:30] + [f"{k}, other" for k in keys[30:]])):
-        section = {"distance": 1.0, "features_file": FEATURES_FILE}
-        folder = write(tmp_path, name, {"subject": {"label": name, "world": True},
+        section = {"title": "World distance", "distance": 1.0, "features_file": FEATURES_FILE}
+        folder = write(tmp_path, name, {"subject": {"label": name, "domain": "world"},
                                         "benches": {"world-distance": section}})
         np.savez(folder / FEATURES_FILE, generated=gen.astype(np.float32), real=real.astype(np.float32),
                  keys=np.array(names))

@@ -6,7 +6,7 @@ from dmdr_cli.evaluate.report import headline, write_report
 
 def real_report(tmp_path):
     return {
-        "subject": {"label": "m", "world": False, "steps": 4, "nfe": 4},
+        "subject": {"label": "m", "steps": 4, "nfe": 4},
         "benches": {
             "geneval": {"prompt_set": "official file meta.jsonl", "scores": {"single_object": 0.75, "overall": 0.75},
                         "images": 8, "prompts": 2, "correct_images": 0.75, "correct_prompts": 1.0,

@@ -90,7 +90,7 @@ def test_touching_same_colour_pixels_form_one_component_and_diagonals_do_not():
 def test_counting_uses_the_world_threshold_not_mask2formers(blurred):
     """Counting prompts keep detections above the detector's own calibrated level (detect.py): a slightly
     blurred, noisy render of the right count passes, where GenEval's 0.9 would reject nearly all of them."""
-    from dmdr_cli.evaluate.world_bench import as_uint8, geneval_results
+    from dmdr_cli.world.bench import as_uint8, geneval_results
 
     rng = np.random.default_rng(7)
     metadata = [m for m in generate_prompts(600, seed=7, size=24) if m["tag"] == "counting"][:40]
@@ -103,7 +103,7 @@ def test_counting_uses_the_world_threshold_not_mask2formers(blurred):
 def test_one_object_reads_the_same_under_every_task(blurred):
     """The acceptance rule is one rule: a blurred, noisy "one X" render passes as "a X" exactly when it passes
     as "one X" (with a stricter counting cut, most of these read "found 0" as counting prompts only)."""
-    from dmdr_cli.evaluate.world_bench import geneval_results
+    from dmdr_cli.world.bench import geneval_results
     from dmdr_cli.world.prompts import task_pool
 
     rng = np.random.default_rng(11)
@@ -123,7 +123,7 @@ def test_one_object_reads_the_same_under_every_task(blurred):
 def test_verdicts_are_written_like_genevals_results_jsonl(tmp_path):
     import json
 
-    from dmdr_cli.evaluate.world_bench import geneval_results, write_results
+    from dmdr_cli.world.bench import geneval_results, write_results
 
     metadata = generate_prompts(6, seed=3, size=24)
     rng = np.random.default_rng(0)

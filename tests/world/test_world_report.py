@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from dmdr_cli.evaluate import world_bench
+from dmdr_cli.world import bench as world_bench
 from dmdr_cli.world import report
 from dmdr_cli.world.prompts import render_for
 from dmdr_cli.world.dense import render_dense

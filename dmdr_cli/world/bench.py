@@ -6,7 +6,7 @@
 - world-DPG: the world's dense items (`world.dense`), each question answered from the detector's
   reading of a tile (`world.answer`); dependency masking, tile / image / prompt means and the category
   breakdown are DPG-Bench's own code (`evaluate.dpg`), with the detector standing in for the VQA model.
-- world-distance: the Fréchet distance between the features (world_features.py) of generated images and
+- world-distance: the Fréchet distance between the features (world/features.py) of generated images and
   of real renders of the same prompts (`world.prompts.render_for`, `world.dense.render_dense`), the
   render of image i drawn from `numpy.random.default_rng([seed, i])`.
 
@@ -24,26 +24,25 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DmdrError
-from ..world.answer import answer
-from ..world.builtin_prompts import (
+from .answer import answer
+from .builtin_prompts import (
     EVAL_SEED, PROMPT_SIZE, VAL_DENSE, VAL_GENEVAL, VAL_SEED, evaluation_dense_items, validation_dense_items,
 )
-from ..world.dense import generate_dense_prompts, render_dense
-from ..world.detect import ACCEPT_SCORE, accepted, detect_objects
-from ..world.prompts import TASKS, generate_prompts, render_for
-from ..world.scene import COLORS, SHAPES, check_size
-from .dpg import DpgItem, DpgQuestion, DpgReport, evaluate_dpg, make_grid
-from .frechet import frechet_between
-from .geneval_folder import read_prompt_folders
-from .geneval_prompts import Vocabulary
-from .geneval_score import prompt_units, score_image, summarize
-from .paired import unit_key, unit_means
-from .world_features import feature_drift, feature_matrix
+from .dense import generate_dense_prompts, render_dense
+from .detect import ACCEPT_SCORE, accepted, detect_objects
+from .prompts import TASKS, generate_prompts, render_for
+from .scene import COLORS, SHAPES, check_size
+from ..evaluate.dpg import DpgItem, DpgQuestion, DpgReport, evaluate_dpg, make_grid
+from ..evaluate.frechet import frechet_between
+from ..evaluate.geneval_folder import read_prompt_folders
+from ..evaluate.geneval_prompts import Vocabulary
+from ..evaluate.geneval_score import prompt_units, score_image, summarize
+from ..evaluate.paired import unit_key, unit_means
+from .features import feature_drift, feature_matrix
 
 WORLD_VOCABULARY = Vocabulary(SHAPES, COLORS)
 GENEVAL_PROMPTS = 553  # GenEval's size
 DPG_ITEMS = VAL_DENSE
-SAMPLES_PER_PROMPT = 4
 ITEMS_FILE = "items.jsonl"  # the dense items of a world-DPG folder
 DETECTOR = "shapes-world exact detector (world/detect.py: colour segmentation + shape templates)"
 
@@ -350,7 +349,7 @@ def distance_folder(root: str | Path, seed: int = 0, features_path: Path | None 
     generated, real = distance_features(images, metadata, seed)
     summary = {"distance": frechet_between(generated, real), "drift": feature_drift(generated, real),
                "n": len(images)}
-    summary["features"] = "detector readings + pixel statistics (evaluate/world_features.py)"
+    summary["features"] = "detector readings + pixel statistics (world/features.py)"
     summary["reference"] = f"render_for on the same metadata, image i from default_rng([{seed}, i])"
     if features_path is not None:
         keys = np.array([f"{unit}#{k}" for unit, k in image_units(root)])
@@ -375,7 +374,7 @@ def read_items(folder: str | Path) -> list[dict]:
 
 
 def dpg_folder(root: str | Path) -> dict:
-    from .dpg import grid_image_paths
+    from ..evaluate.dpg import grid_image_paths
 
     items = read_items(root)
     report = dpg_report(items, grid_image_paths(root, [as_dpg_item(item) for item in items]))

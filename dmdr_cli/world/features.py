@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..world.detect import ACCEPT_SCORE, MAX_COLOR_DISTANCE, detect_objects, segment_colors
-from ..world.scene import BACKGROUND, COLORS, SHAPES
+from .detect import ACCEPT_SCORE, MAX_COLOR_DISTANCE, detect_objects, segment_colors
+from .scene import BACKGROUND, COLORS, SHAPES
 
 KEPT_SCORE = ACCEPT_SCORE  # the world's one acceptance rule (world/detect.py)
 BACKGROUND_RADIUS = 40.0  # RGB distance within which a pixel counts as background (palette colours are >= 143 away)
