@@ -40,6 +40,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +55,7 @@ PLOTS = Path("docs/ablations")
 RESULTS = Path("docs/results.md")
 BEGIN, END = "<!-- study:begin (scripts/world_ablations.py summarize) -->", "<!-- study:end -->"
 
+BUDGET_HOURS = 8.0  # the study's whole budget (issue 13), in core-hours
 FIVE, THREE = (0, 1, 2, 3, 4), (0, 1, 2)
 # Per set, per row: (recipe overrides, seeds).
 TABLE = {
@@ -143,10 +145,27 @@ def save_teacher(report: dict) -> None:
         path.write_text(json.dumps({"teacher_steps": report["teacher_steps"], "teacher": _rounded(report["teacher"])}) + "\n")
 
 
-def run_one(set_name: str, row: str, seed: int) -> None:
+def run_one(set_name: str, row: str, seed: int, limit_hours: float = BUDGET_HOURS) -> None:
     target = record_path(set_name, row, seed)
     if target.is_file():
         return
+    with _LOCK:
+        if not fits_budget(set_name, limit_hours, len(_RUNNING)):
+            print(f"skipped: {set_name}/{row} seed {seed} would take the study past its {limit_hours:g} "
+                  f"core-hours", flush=True)
+            return
+        _RUNNING.add((set_name, row, seed))
+    try:
+        _run(set_name, row, seed, target)
+    finally:
+        with _LOCK:
+            _RUNNING.discard((set_name, row, seed))
+
+
+_LOCK, _RUNNING = threading.Lock(), set()
+
+
+def _run(set_name: str, row: str, seed: int, target: Path) -> None:
     folder = run_dir(set_name, row, seed)
     cmd = command(set_name, row, seed)
     resume = ["--resume", "latest"] if (folder / "checkpoints").is_dir() else []
@@ -183,7 +202,7 @@ def run(args) -> None:
     RECORDS.mkdir(parents=True, exist_ok=True)
     jobs = jobs_of(["table", "coldstart", "long"] if args.set == "all" else [args.set], args.rows, args.seeds)
     with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda job: run_one(*job), jobs))
+        list(pool.map(lambda job: run_one(*job, limit_hours=args.budget_hours), jobs))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -282,9 +301,23 @@ def plot(set_name: str, key: str, path: Path, title: str) -> bool:
     return drawn
 
 
+def attempts() -> list[dict]:
+    path = RECORDS / "times.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def fits_budget(set_name: str, limit_hours: float, running: int) -> bool:
+    """Whether one more run of `set_name` fits: the attempts so far, the runs in flight and this one each
+    counted at the set's mean finished run (a set's first run counts as nothing: no estimate yet)."""
+    times = attempts()
+    same = [t["seconds"] for t in times if t["set"] == set_name and t["exit"] == 0]
+    estimate = statistics.mean(same) if same else 0.0
+    return sum(t["seconds"] for t in times) + (running + 1) * estimate <= limit_hours * 3600
+
+
 def budget() -> str:
     path = RECORDS / "times.jsonl"
-    times = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    times = attempts()
     finished = sum(1 for t in times if t["exit"] == 0)
     return (f"Budget used: {sum(t['seconds'] for t in times) / 3600:.2f} core-hours by the sum of each attempt's "
             f"wall time at one torch thread ({len(times)} attempts, {finished} finished; `{path}`).")
@@ -323,6 +356,8 @@ def main() -> None:
     go.add_argument("--seeds", type=int, nargs="+", help="instead of each row's own seeds (rows without seeds keep theirs)")
     go.add_argument("--jobs", type=int, default=2)
     go.add_argument("--rows", nargs="*", help="only these rows (names as in the tables)")
+    go.add_argument("--budget-hours", type=float, default=BUDGET_HOURS,
+                    help="start no run that would take the study's core-hours past this (default %(default)g)")
     go.set_defaults(fn=run)
     sub.add_parser("summarize").set_defaults(fn=summarize)
     args = parser.parse_args()

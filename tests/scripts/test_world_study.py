@@ -51,3 +51,20 @@ def test_summarize_pools_seeds_against_the_teacher(study):
     # every prompt moves by the seed-average 0.75 against the teacher's 0: no spread over prompts
     assert cells[-3] == "+0.750 [+0.750, +0.750]" and cells[-1] == "+0.100 [+0.100, +0.100]"
     assert "| teacher | - | 50 |" in table
+
+
+def test_run_starts_nothing_past_the_budget(study, monkeypatch):
+    """A run starts only if the attempts so far, the runs in flight and it (each at its set's mean) fit."""
+    study.RECORDS.mkdir(parents=True)
+    (study.RECORDS / "times.jsonl").write_text("".join(json.dumps(t) + "\n" for t in (
+        {"set": "long", "row": "a", "seed": 0, "seconds": 3000.0, "exit": 0},
+        {"set": "table", "row": "b", "seed": 0, "seconds": 600.0, "exit": 1})))
+    assert study.fits_budget("long", 2.0, running=0)  # 3600 s used + 3000 <= 7200
+    assert not study.fits_budget("long", 1.8, running=0)  # 6600 > 6480
+    assert study.fits_budget("long", 2.6, running=0) and not study.fits_budget("long", 2.6, running=1)
+    assert study.fits_budget("coldstart", 1.0, running=5)  # no finished run of the set: no estimate yet
+    started = []
+    monkeypatch.setattr(study, "_run", lambda *job: started.append(job[:3]))
+    study.run_one("long", "distill only, 480 steps", 1, limit_hours=1.8)
+    study.run_one("long", "distill only, 480 steps", 1, limit_hours=2.0)
+    assert started == [("long", "distill only, 480 steps", 1)]
