@@ -127,8 +127,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     if cfg.train.compile:  # in place; adapter switches and new shapes recompile, so worth it for long runs only
         for net in {id(teacher): teacher, id(nets.generator): nets.generator}.values():
             net.compile()
-    opt_g = make_optimizer(nets.generator_params, cfg.train.lr_generator, cfg.train, device, dist.world_size)
-    opt_f = make_optimizer(nets.fake_params, cfg.train.lr_guidance, cfg.train, device, dist.world_size)
+    lr_g, lr_f = cfg.learning_rates(0)  # set again at every step (the cold start may have its own)
+    opt_g = make_optimizer(nets.generator_params, lr_g, cfg.train, device, dist.world_size)
+    opt_f = make_optimizer(nets.fake_params, lr_f, cfg.train, device, dist.world_size)
     reducer_g, reducer_f = make_reducer(nets.generator_params, opt_g, dist), make_reducer(nets.fake_params, opt_f, dist)
     if rl_branch is not None:
         rl_branch.attach(family, nets)
@@ -274,6 +275,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 sent0 = reducer_g.bytes_reduced + reducer_f.bytes_reduced
                 rl_on = rl_branch is not None and k >= cfg.rl_start
                 stats: dict = {}
+                stats["lr_generator"], stats["lr_guidance"] = cfg.learning_rates(k)  # a stage's own rates
+                for opt, lr in zip((opt_g, opt_f), (stats["lr_generator"], stats["lr_guidance"])):
+                    for group in opt.param_groups:
+                        group["lr"] = lr
                 fake_losses = []
                 for inner in range(K):
                     gen_turn = inner == K - 1  # the fake score is freshest right before the generator update

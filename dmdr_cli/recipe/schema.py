@@ -107,6 +107,12 @@ class ColdstartSection(Section):
     steps: int = Field(0, ge=0, description="Generator steps of stage 1 (DMD + DynaDG + DynaRS, no RL): the stage boundary.")
     dynadg: DynaDGSection = Field(default_factory=DynaDGSection, description="DynaDG schedule.")
     dynars: DynaRSSection = Field(default_factory=DynaRSSection, description="DynaRS schedule.")
+    lr_generator: float | None = Field(
+        None, gt=0, le=1, description="Generator learning rate of the cold start's steps (None: train.lr_generator). "
+                                      "The authors' cold start runs at 2x their RL stage's (ALGORITHM.md): one "
+                                      "`dmdr distill` then follows both stages' schedules.")
+    lr_guidance: float | None = Field(
+        None, gt=0, le=1, description="Fake-score learning rate of the cold start's steps (None: train.lr_guidance).")
 
 
 class RewardSpec(Section):
@@ -368,3 +374,10 @@ class Recipe(Section):
     @property
     def rl_start(self) -> int:
         return self.coldstart.steps if self.rl.start_step is None else self.rl.start_step
+
+    def learning_rates(self, k: int) -> tuple[float, float]:
+        """(generator, fake score) learning rates of the update that makes generator step k + 1: the cold
+        start's own for its steps where set, else train's."""
+        cold = k < self.coldstart.steps
+        return ((self.coldstart.lr_generator if cold and self.coldstart.lr_generator else self.train.lr_generator),
+                (self.coldstart.lr_guidance if cold and self.coldstart.lr_guidance else self.train.lr_guidance))

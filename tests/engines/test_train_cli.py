@@ -99,3 +99,25 @@ def test_ode_regression_warm_start_pulls_one_step_student_to_teacher(tiny_sd, tm
     assert len(losses) == 12 and sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
     assert (run / "ode_pairs.safetensors").is_file()
     assert rows[-1]["step"] == 1 and "dmd_loss" in rows[-1]
+
+
+def test_the_cold_start_runs_at_its_own_learning_rates(tiny_sd, tmp_path):
+    """coldstart.lr_*: steps 1-2 (the cold start) at its rates, step 3 at train's; None is train's."""
+    def run(name: str, coldstart: dict, lr: float):
+        folder = tmp_path / name
+        ok("distill", recipe(tmp_path, "sd", tiny_sd, folder, coldstart={"steps": 2, **coldstart},
+                             train={"steps": 3, "lr_generator": lr, "lr_guidance": lr}))
+        return folder
+
+    default = run("default", {}, 1e-3)
+    same = run("same", {"lr_generator": 1e-3, "lr_guidance": 1e-3}, 1e-3)
+    fast = run("fast", {"lr_generator": 1e-2, "lr_guidance": 1e-2}, 1e-3)
+    fast_then = run("fast-then", {"lr_generator": 1e-2, "lr_guidance": 1e-2}, 5e-3)
+    assert [(r["lr_generator"], r["lr_guidance"]) for r in log_rows(fast)] == [(1e-2, 1e-2)] * 2 + [(1e-3, 1e-3)]
+
+    def equal(a, b, step: int) -> bool:
+        return all(torch.equal(weights(a, step, n)[k], weights(b, step, n)[k])
+                   for n in ("generator", "fake") for k in weights(a, step, n))
+
+    assert equal(default, same, 3) and not equal(default, fast, 1)
+    assert equal(fast, fast_then, 2) and not equal(fast, fast_then, 3)  # the stage-2 rate starts at step 3
