@@ -90,6 +90,8 @@ KNOBS = {
                                              "train.lr_generator=1e-5", "train.lr_guidance=4e-4"], THREE),
     "stage-2 rates at half the authors' ratio": (["coldstart.lr_generator=2e-5", "coldstart.lr_guidance=1e-3",
                                                   "train.lr_generator=5e-6", "train.lr_guidance=2e-4"], THREE),
+    # DynaRS's high-noise emphasis decays over the whole run instead of ending with the cold start
+    "DynaRS over all 120 steps": (["coldstart.dynars.steps=120"], THREE),
 }
 SETS = {"table": TABLE, "coldstart": COLDSTART, "long": LONG, "knobs": KNOBS}
 EXTRA = {"table": ["train.validate_every=20"], "coldstart": [], "long": [], "knobs": ["train.validate_every=20"]}
