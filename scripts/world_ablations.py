@@ -158,6 +158,9 @@ def save_teacher(report: dict) -> None:
         path.write_text(json.dumps({"teacher_steps": report["teacher_steps"], "teacher": _rounded(report["teacher"])}) + "\n")
 
 
+_LOCK, _RUNNING = threading.Lock(), set()  # the runs this process has in flight, for the budget check
+
+
 def run_one(set_name: str, row: str, seed: int, limit_hours: float = BUDGET_HOURS) -> None:
     target = record_path(set_name, row, seed)
     if target.is_file():
@@ -173,9 +176,6 @@ def run_one(set_name: str, row: str, seed: int, limit_hours: float = BUDGET_HOUR
     finally:
         with _LOCK:
             _RUNNING.discard((set_name, row, seed))
-
-
-_LOCK, _RUNNING = threading.Lock(), set()
 
 
 def _run(set_name: str, row: str, seed: int, target: Path) -> None:

@@ -92,7 +92,7 @@ def _images_subject(images: Path, options: EvaluateOptions) -> Subject:
     settings = sample_sets.read_settings(images)
     check_image_folder(images)
     if options.domain is not None:
-        domain = options.domain if domains.get_domain(options.domain) is not None else None
+        domain = domains.chosen(options.domain)
     else:
         domain = settings["domain"] if "domain" in settings else domains.of_folder(images)
     info = {k: settings[k] for k in ("kind", "steps", "nfe", "cfg") if k in settings}

@@ -80,6 +80,11 @@ def get_domain(name: str | None) -> EvalDomain | None:
     return found[name]
 
 
+def chosen(name: str) -> str | None:
+    """--domain NAME as a subject records it: the domain's name, None for "official" (unknown names refused)."""
+    return None if get_domain(name) is None else name
+
+
 def domain_bench_names() -> tuple[str, ...]:
     return tuple(bench for domain in all_domains() for bench in domain.benches)
 

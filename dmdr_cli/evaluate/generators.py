@@ -68,7 +68,7 @@ def open_model(spec: str, *, domain: str | None = None) -> ModelRef:
         ref = _open_student(spec)
     if domain is None:
         return ref
-    return replace(ref, domain=None if domains.get_domain(domain) is None else domain)
+    return replace(ref, domain=domains.chosen(domain))
 
 
 def _open_student(spec: str) -> ModelRef:

@@ -4,10 +4,10 @@ Each report stores its per-unit scores (report.py's docstring says where): GenEv
 the fraction of its images judged correct), DPG per item id (0-100), each score column per prompt, and for a
 domain's distance bench (world-distance) the per-image features in an npz next to report.json. The units
 present in both reports are paired (a prompt pairs by its folder index and text, `paired.unit_key`; so do
-not prompts of different prompt sets), and the difference B - A gets a 95% percentile bootstrap over them (evaluate/paired.py,
-1,000 seeded resamples): GenEval's overall stratified by task (the mean of task means, each task keeping its
-prompt count), each task, DPG's overall, each score column; a distance over paired images, the same
-resampled images for both models and A's real renders.
+not prompts of different prompt sets), and the difference B - A gets a 95% percentile bootstrap over them
+(evaluate/paired.py, 1,000 seeded resamples): GenEval's overall stratified by task (the mean of task means,
+each task keeping its prompt count), each task, DPG's overall, each score column; a distance over paired
+images, the same resampled images for both models and A's real renders.
 
 A bench whose units fewer than half pair gets no interval (one line says so), and so does a bench one of the
 reports stores no units for (a report written before they were stored).

@@ -379,5 +379,6 @@ class Recipe(Section):
         """(generator, fake score) learning rates of the update that makes generator step k + 1: the cold
         start's own for its steps where set, else train's."""
         cold = k < self.coldstart.steps
-        return ((self.coldstart.lr_generator if cold and self.coldstart.lr_generator else self.train.lr_generator),
-                (self.coldstart.lr_guidance if cold and self.coldstart.lr_guidance else self.train.lr_guidance))
+        own = (self.coldstart.lr_generator, self.coldstart.lr_guidance) if cold else (None, None)
+        return (self.train.lr_generator if own[0] is None else own[0],
+                self.train.lr_guidance if own[1] is None else own[1])

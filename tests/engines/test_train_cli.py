@@ -116,8 +116,11 @@ def test_the_cold_start_runs_at_its_own_learning_rates(tiny_sd, tmp_path):
     assert [(r["lr_generator"], r["lr_guidance"]) for r in log_rows(fast)] == [(1e-2, 1e-2)] * 2 + [(1e-3, 1e-3)]
 
     def equal(a, b, step: int) -> bool:
-        return all(torch.equal(weights(a, step, n)[k], weights(b, step, n)[k])
-                   for n in ("generator", "fake") for k in weights(a, step, n))
+        for name in ("generator", "fake"):
+            wa, wb = weights(a, step, name), weights(b, step, name)
+            if wa.keys() != wb.keys() or not all(torch.equal(wa[k], wb[k]) for k in wa):
+                return False
+        return True
 
     assert equal(default, same, 3) and not equal(default, fast, 1)
     assert equal(fast, fast_then, 2) and not equal(fast, fast_then, 3)  # the stage-2 rate starts at step 3
