@@ -55,7 +55,11 @@ PLOTS = Path("docs/ablations")
 RESULTS = Path("docs/results.md")
 BEGIN, END = "<!-- study:begin (scripts/world_ablations.py summarize) -->", "<!-- study:end -->"
 
-BUDGET_HOURS = 8.0  # the study's whole budget (issue 13), in core-hours
+# Core-hour budgets, each over its own sets' attempts: the first study (issue 13), then the diagnosis of the
+# decline after the cold start and the stabiliser candidates (issue 20), then the study on what is adopted.
+BUDGETS = {"issue 13": (("table", "coldstart", "long", "knobs"), 8.0),
+           "issue 20 diagnosis": (("diagnosis",), 5.0)}
+BUDGET_HOURS = BUDGETS["issue 13"][1]
 FIVE, THREE = (0, 1, 2, 3, 4), (0, 1, 2)
 # Per set, per row: (recipe overrides, seeds).
 TABLE = {
@@ -93,8 +97,23 @@ KNOBS = {
     # DynaRS's high-noise emphasis decays over the whole run instead of ending with the cold start
     "DynaRS over all 120 steps": (["coldstart.dynars.steps=120"], THREE),
 }
-SETS = {"table": TABLE, "coldstart": COLDSTART, "long": LONG, "knobs": KNOBS}
-EXTRA = {"table": ["train.validate_every=20"], "coldstart": [], "long": [], "knobs": ["train.validate_every=20"]}
+# Why the validation score falls after the cold start (issue 20): a factorial on DMD alone (the probes of
+# 2026-12-06 found DMD, not ReFL, emptying the canvases), one factor of stage 2 at a time against the table's
+# `distill only` (5 seeds): the real score stays DynaDG's (s_r held near 0.5 instead of reaching the CFG'd
+# teacher at step 60), the renoising stays DynaRS's Beta(4, 1.5) instead of turning uniform, both, and a 4x
+# larger batch. The RL term (table: distill + ReFL vs distill only) and the learning rates (knobs) have records.
+_HELD = 1_000_000  # a schedule over a million steps is constant over 120
+_DMD_ONLY = ["rl.algorithm=none"]
+DIAGNOSIS = {
+    "distill only, DynaDG held": (_DMD_ONLY + [f"coldstart.dynadg.steps={_HELD}"], THREE),
+    "distill only, DynaRS held": (_DMD_ONLY + [f"coldstart.dynars.steps={_HELD}"], THREE),
+    "distill only, DynaDG and DynaRS held": (_DMD_ONLY + [f"coldstart.dynadg.steps={_HELD}",
+                                                          f"coldstart.dynars.steps={_HELD}"], THREE),
+    "distill only, batch 32": (_DMD_ONLY + ["train.batch_size=32"], THREE),
+}
+SETS = {"table": TABLE, "coldstart": COLDSTART, "long": LONG, "knobs": KNOBS, "diagnosis": DIAGNOSIS}
+EXTRA = {"table": ["train.validate_every=20"], "coldstart": [], "long": [], "knobs": ["train.validate_every=20"],
+         "diagnosis": ["train.validate_every=20"]}
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 CURVE_KEYS = ("fake_loss", "fake_to_teacher_loss", "teacher_loss_on_generator", "dmd_loss", "reward_world-clip", "renoise_t_mean")
 
@@ -161,10 +180,16 @@ def save_teacher(report: dict) -> None:
 _LOCK, _RUNNING = threading.Lock(), set()  # the runs this process has in flight, for the budget check
 
 
-def run_one(set_name: str, row: str, seed: int, limit_hours: float = BUDGET_HOURS) -> None:
+def budget_of(set_name: str) -> tuple[str, tuple[str, ...], float]:
+    """The budget a set's runs count against: its name, its sets and its core-hours."""
+    return next((name, sets, hours) for name, (sets, hours) in BUDGETS.items() if set_name in sets)
+
+
+def run_one(set_name: str, row: str, seed: int, limit_hours: float | None = None) -> None:
     target = record_path(set_name, row, seed)
     if target.is_file():
         return
+    limit_hours = budget_of(set_name)[2] if limit_hours is None else limit_hours
     with _LOCK:
         if not fits_budget(set_name, limit_hours, len(_RUNNING)):
             print(f"skipped: {set_name}/{row} seed {seed} would take the study past its {limit_hours:g} "
@@ -320,9 +345,11 @@ def attempts() -> list[dict]:
 
 
 def fits_budget(set_name: str, limit_hours: float, running: int) -> bool:
-    """Whether one more run of `set_name` fits: the attempts so far, the runs in flight and this one each
-    counted at the set's mean finished run (a set's first run counts as nothing: no estimate yet)."""
-    times = attempts()
+    """Whether one more run of `set_name` fits its budget: the attempts of the budget's sets so far, the runs
+    in flight and this one each counted at the set's mean finished run (a set's first run counts as nothing:
+    no estimate yet)."""
+    sets = budget_of(set_name)[1]
+    times = [t for t in attempts() if t["set"] in sets]
     same = [t["seconds"] for t in times if t["set"] == set_name and t["exit"] == 0]
     estimate = statistics.mean(same) if same else 0.0
     return sum(t["seconds"] for t in times) + (running + 1) * estimate <= limit_hours * 3600
@@ -330,10 +357,14 @@ def fits_budget(set_name: str, limit_hours: float, running: int) -> bool:
 
 def budget() -> str:
     path = RECORDS / "times.jsonl"
-    times = attempts()
-    finished = sum(1 for t in times if t["exit"] == 0)
-    return (f"Budget used: {sum(t['seconds'] for t in times) / 3600:.2f} core-hours by the sum of each attempt's "
-            f"wall time at one torch thread ({len(times)} attempts, {finished} finished; `{path}`).")
+    lines = []
+    for name, (sets, hours) in BUDGETS.items():
+        times = [t for t in attempts() if t["set"] in sets]
+        finished = sum(1 for t in times if t["exit"] == 0)
+        lines.append(f"Budget used ({name}: {', '.join(sets)}): {sum(t['seconds'] for t in times) / 3600:.2f} of "
+                     f"{hours:g} core-hours by the sum of each attempt's wall time at one torch thread "
+                     f"({len(times)} attempts, {finished} finished; `{path}`).")
+    return "\n\n".join(lines)
 
 
 def summarize(_args) -> None:
@@ -369,8 +400,9 @@ def main() -> None:
     go.add_argument("--seeds", type=int, nargs="+", help="instead of each row's own seeds (rows without seeds keep theirs)")
     go.add_argument("--jobs", type=int, default=2)
     go.add_argument("--rows", nargs="*", help="only these rows (names as in the tables)")
-    go.add_argument("--budget-hours", type=float, default=BUDGET_HOURS,
-                    help="start no run that would take the study's core-hours past this (default %(default)g)")
+    go.add_argument("--budget-hours", type=float, default=None,
+                    help="start no run that would take its budget's core-hours past this (default: the set's "
+                         "budget in BUDGETS)")
     go.set_defaults(fn=run)
     sub.add_parser("summarize").set_defaults(fn=summarize)
     args = parser.parse_args()

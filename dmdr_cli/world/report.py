@@ -127,11 +127,17 @@ def validation_metrics(ctx, entries, conds) -> dict:
     """The final table's exact metrics on the validation set as flat scalars, for curves against generator
     step (about 6 s per validation on one CPU thread at 24 px: 168 images x 4 steps at 0.55 s per batch-64
     forward, 0.5 s of metrics; no reward, which the run's own validation has)."""
-    metrics, _, _ = student_metrics(ctx, entries, conds)
+    metrics, details, _ = student_metrics(ctx, entries, conds)
     flat = {f"val_world_geneval_{task}": metrics["geneval"][task] for task in TASKS}
     flat.update(val_world_geneval=metrics["geneval"]["overall"], val_world_dpg=metrics["dpg"]["overall"],
-                val_world_distance=metrics["distance"])
+                val_world_distance=metrics["distance"], val_world_empty=empty_share(details["records"]))
     return flat
+
+
+def empty_share(records: list[dict]) -> float:
+    """The share of GenEval images in which the detector accepts no object at all: the empty canvases a
+    mode-seeking student slides into (docs/results.md, "Training longer")."""
+    return sum(not r["detections"] for r in records) / max(len(records), 1)
 
 
 def paired_intervals(student: dict, teacher: dict, student_features=None, teacher_features=None,

@@ -58,5 +58,12 @@ def test_world_validation_logs_the_exact_metrics(tmp_path):
     validation = next(r for r in rows if "val_world_geneval" in r)
     assert validation["step"] == 2 and 0 <= validation["val_world_geneval"] <= 1
     assert 0 <= validation["val_world_geneval_counting"] <= 1 and 0 <= validation["val_world_dpg"] <= 100
-    assert validation["val_world_distance"] > 0
+    assert validation["val_world_distance"] > 0 and 0 <= validation["val_world_empty"] <= 1
     assert not (run / "report").exists()
+
+
+def test_empty_share_counts_images_without_an_accepted_object():
+    from dmdr_cli.world.report import empty_share
+
+    records = [{"detections": []}, {"detections": [{"class": "circle"}]}, {"detections": []}, {"detections": [{}]}]
+    assert empty_share(records) == 0.5 and empty_share([]) == 0.0
