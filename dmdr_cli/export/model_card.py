@@ -146,7 +146,8 @@ def model_card(student: Student, *, fmt: str, files: list[str], dtype: str, copi
         f"A {len(student.times)}-step student of {base}, distilled with DMD + RL by dmdr {__version__}.", "",
         "| | |", "|---|---|",
         f"| base model | {base} ({family.name}, `{family.pipeline_class}`) |",
-        f"| checkpoint | generator step {source.step} (`{source.checkpoint}`) |",
+        f"| checkpoint | generator step {source.step} (`{source.checkpoint}`)"
+        f"{', the generator EMA (decay ' + str(source.recipe.ema.decay) + ')' if source.uses_ema else ''} |",
         f"| steps | {len(student.times)}, no classifier-free guidance |",
         f"| student times t (1 = noise) | {', '.join(f'{t:.6g}' for t in student.times)} |",
         f"| {times_label} | {spec.times!r} |",
