@@ -8,7 +8,7 @@ import math
 from .. import __version__
 from .formats import COMFYUI_FILE, PIXEL_PIPELINE_FILE, generator_kind, scheduler_spec, writes_single_file
 from .scheduler import StudentScheduler
-from .single_file import layout_for
+from .single_file import components_in_file, layout_for
 from .student import Student
 
 _SAMPLERS = {"sde": "sde: predict x0, renoise to the next time with fresh noise (DMD2 backward simulation; "
@@ -82,9 +82,13 @@ def _pipeline_lines(student: Student, fmt: str, files: list[str], torch_dtype: s
                     f'torch_dtype={torch_dtype})',
                     f"pipe = DiffusionPipeline.from_pretrained({base_args}, {sub}={sub})", use_student_scheduler,
                     'pipe.to("cuda")']
+        training = [name for name in layout_for(family.name).left_training if name in components_in_file(model)]
         return [f"from diffusers import {family.pipeline_class}, {scheduler_cls}", "",
                 f"pipe = {family.pipeline_class}.from_single_file({path}, config={config}, "
-                f"torch_dtype={torch_dtype})", use_student_scheduler, 'pipe.to("cuda")']
+                f"torch_dtype={torch_dtype})",
+                *[f"pipe.{name}.eval()  # diffusers' single-file reader leaves it in training mode (dropout on)"
+                  for name in training],
+                use_student_scheduler, 'pipe.to("cuda")']
     if fmt == "diffusers" and copied:
         remote = ", trust_remote_code=True" if family.pixel_space else ""
         return ["from diffusers import DiffusionPipeline", "",

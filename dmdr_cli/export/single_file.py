@@ -22,6 +22,9 @@ class SingleFileLayout:
     components: tuple[tuple[str, Converter], ...]  # (pipeline component, converter), in the file's order
     optional: tuple[str, ...] = ()  # components a base model may lack (SD3 without T5); others must be there
     description: str = ""  # what the file holds, for the model card
+    # components diffusers' `from_single_file` leaves in training mode (0.42 builds T5 without .eval(): its
+    # dropout would perturb every prompt), which the model card puts in eval mode
+    left_training: tuple[str, ...] = ()
 
 
 LAYOUTS: dict[str, SingleFileLayout] = {
@@ -36,7 +39,7 @@ LAYOUTS: dict[str, SingleFileLayout] = {
                                         ("text_encoder_2", clip("text_encoders.clip_g.transformer.")),
                                         ("text_encoder_3", t5("text_encoders.t5xxl.transformer.")),
                                         ("vae", ldm_vae)),
-                            optional=("text_encoder_3",),
+                            optional=("text_encoder_3",), left_training=("text_encoder_3",),
                             description="SD3 layout: model.diffusion_model, text_encoders.clip_l / clip_g / t5xxl, "
                                         "first_stage_model"),
 }
@@ -66,6 +69,15 @@ def check_single_file(model_cfg, *, denoiser_only: bool) -> None:
     for name, _ in layout.components:
         if name not in layout.optional:
             source.require(name)
+
+
+def components_in_file(model_cfg) -> list[str]:
+    """The base model's components a full single-file checkpoint of it holds, besides the denoiser."""
+    from ..families.loading import resolve_pipeline
+
+    layout = layout_for(model_cfg.family)
+    source = resolve_pipeline(model_cfg, model_cfg.family)
+    return [name for name, _ in layout.components if name not in layout.optional or source.has(name)]
 
 
 def file_name(student, denoiser_only: bool) -> str:
@@ -98,8 +110,9 @@ def single_file_tensors(student, dtype: torch.dtype, *, denoiser_only: bool) -> 
     if denoiser_only:
         return tensors
     source = resolve_pipeline(model, model.family)
+    present = components_in_file(model)
     for name, convert in layout.components:
-        if name in layout.optional and not source.has(name):
+        if name not in present:
             continue
         module = source.load(name, dtype=dtype)
         config = dict(module.config) if isinstance(getattr(module, "config", None), dict) else {}

@@ -24,6 +24,23 @@ STEP = 120
 PROMPTS = ["a red cat", "two blue cubes on the left of a dog"]
 NOISE_SEED, STEP_NOISE_SEED = 3, 11
 
+# name -> (family, teacher fixture, recipe fields); the LoRAs have alpha 12 != rank 4
+STUDENTS = {
+    "sd-full-sde": ("sd", "sd", dict(finetune="full")),
+    "sd-lora-ode": ("sd", "sd", dict(finetune="lora", steps=2, sampler="ode")),
+    "sdxl-lora-sde": ("sdxl", "sdxl", dict(finetune="lora")),
+    "sdxl-full-1step": ("sdxl", "sdxl", dict(finetune="full", steps=1, timesteps=[0.399])),
+    "sdxl-ordered-lora": ("sdxl", "sdxl-ordered", dict(finetune="lora")),
+    "sdxl-ordered-full": ("sdxl", "sdxl-ordered", dict(finetune="full")),
+    "sd3-lora-ode": ("sd3", "sd3", dict(finetune="lora")),
+    "sd3-lora-sde": ("sd3", "sd3", dict(finetune="lora", sampler="sde")),
+    "sd3-full-ode": ("sd3", "sd3", dict(finetune="full", steps=2)),
+    "sd3m-full": ("sd3", "sd3-medium", dict(finetune="full")),
+    "sd35l-lora": ("sd3", "sd35-large", dict(finetune="lora", sampler="sde")),
+    "world-full-sde": ("sd", "world", dict(finetune="full")),
+    "world-lora-ode": ("sd", "world", dict(finetune="lora", steps=2, sampler="ode")),
+}
+
 
 @dataclass
 class Trained:
