@@ -15,9 +15,9 @@ from ..errors import DmdrError
 from ..export.formats import (DTYPES, FORMATS, write_comfyui, write_diffusers, write_lora, write_pixel_pipeline,
                               write_safetensors, write_single_file, writes_single_file)
 from ..export.kohya import COMFYUI_FAMILIES
-from ..export.single_file import check_single_file
 from ..export.model_card import model_card
 from ..export.output import StagedOutput
+from ..export.single_file import check_single_file
 from ..export.source import ExportSource, evaluation_results, open_checkpoint
 from ..export.student import build_student
 from ..runtime.checkpoint import as_os_errors

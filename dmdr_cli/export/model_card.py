@@ -191,8 +191,8 @@ def model_card(student: Student, *, fmt: str, files: list[str], dtype: str, copi
         f"| {times_label} | {spec.times!r} |",
         f"| sampler | {_SAMPLERS[student.sampler]} |",
         f"| generator | {generator} |",
-        f"| export | `--format {fmt}`{' --denoiser-only' if denoiser_only else ''}, {dtype}, {generator_kind(student)}: "
-        f"{', '.join(f'`{f}`' for f in files)} |",
+        f"| export | `--format {fmt}`{' --denoiser-only' if denoiser_only else ''}, {dtype}, "
+        f"{generator_kind(student)}: {', '.join(f'`{f}`' for f in files)} |",
         f"| resolution | {model.resolution} px |",
         "",
     ]
@@ -211,7 +211,7 @@ def model_card(student: Student, *, fmt: str, files: list[str], dtype: str, copi
                       f"`trust_remote_code=True`.", ""]
         lines += ["```python", *code, "```", ""]
         if single:
-            lines += ["`config=` names the base model whose component configs (JSON files, no weights) diffusers "
+            lines += ["`config=` names the base model whose component configs and tokenizers (no weights) diffusers "
                       "reads to rebuild the pipeline around the file's weights.", ""]
         elif fmt == "comfyui":
             lines += ["diffusers reads this kohya-layout file for SDXL UNets whose up-samplers follow attention "

@@ -35,7 +35,8 @@ LAYOUTS: dict[str, SingleFileLayout] = {
                                         ("vae", ldm_vae)),
                              description="SDXL layout: model.diffusion_model, conditioner.embedders.0 / 1, "
                                          "first_stage_model"),
-    "sd3": SingleFileLayout(sd3_mmdit, (("text_encoder", clip("text_encoders.clip_l.transformer.", projection_unused=True)),
+    "sd3": SingleFileLayout(sd3_mmdit, (("text_encoder", clip("text_encoders.clip_l.transformer.",
+                                                              projection_unused=True)),
                                         ("text_encoder_2", clip("text_encoders.clip_g.transformer.")),
                                         ("text_encoder_3", t5("text_encoders.t5xxl.transformer.")),
                                         ("vae", ldm_vae)),
@@ -44,7 +45,8 @@ LAYOUTS: dict[str, SingleFileLayout] = {
                                         "first_stage_model"),
 }
 
-WORKING_FORMATS_WITHOUT_VAE = "--format diffusers (a folder with its own pixel-space pipeline) or safetensors (LoRAs: lora too)"
+WORKING_FORMATS_WITHOUT_VAE = ("--format diffusers (a folder with its own pixel-space pipeline) or safetensors "
+                               "(LoRAs: lora too)")
 
 
 def layout_for(family: str) -> SingleFileLayout:

@@ -80,7 +80,8 @@ def test_denoiser_only_loads_as_the_denoiser(trained, export, name):
 def test_sdxl_keys_are_the_original_layout(trained, export):
     """Names from SDXL base's own sd_xl_base_1.0.safetensors (block numbering for this UNet's two levels)."""
     keys = set(load_file(export(trained("sdxl-ordered-full"), "single-file") / "sdxl_4step_dmdr.safetensors"))
-    for key in ["model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
+    for key in ["model.diffusion_model.input_blocks.0.0.weight",
+                "model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
                 "model.diffusion_model.input_blocks.2.0.op.weight", "model.diffusion_model.label_emb.0.0.weight",
                 "model.diffusion_model.input_blocks.3.1.transformer_blocks.0.attn2.to_k.weight",
                 "model.diffusion_model.middle_block.1.proj_in.weight", "model.diffusion_model.out.2.weight",
@@ -88,7 +89,8 @@ def test_sdxl_keys_are_the_original_layout(trained, export):
                 "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
                 "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight",
                 "conditioner.embedders.1.model.text_projection", "conditioner.embedders.1.model.positional_embedding",
-                "first_stage_model.encoder.down.0.block.0.norm1.weight", "first_stage_model.decoder.up.1.upsample.conv.weight",
+                "first_stage_model.encoder.down.0.block.0.norm1.weight",
+                "first_stage_model.decoder.up.1.upsample.conv.weight",
                 "first_stage_model.encoder.mid.attn_1.q.weight", "first_stage_model.quant_conv.weight"]:
         assert key in keys, key
 
