@@ -17,7 +17,7 @@ from ..export.formats import (DTYPES, FORMATS, write_comfyui, write_diffusers, w
 from ..export.kohya import COMFYUI_FAMILIES
 from ..export.model_card import model_card
 from ..export.output import StagedOutput
-from ..export.single_file import check_single_file
+from ..export.single_file import check_latent, check_single_file
 from ..export.source import ExportSource, evaluation_results, open_checkpoint
 from ..export.student import build_student
 from ..runtime.checkpoint import as_os_errors
@@ -63,6 +63,8 @@ def check_request(source: ExportSource, fmt: str, dtype: str, merge_lora: bool |
         raise DmdrError(f"--denoiser-only applies to single-file checkpoints (--format single-file, or comfyui of "
                         f"full or merged weights), not to --format {fmt}")
     family = source.recipe.model.family
+    if fmt == "comfyui":
+        check_latent(source.recipe.model)
     if fmt == "comfyui" and family not in COMFYUI_FAMILIES:
         raise DmdrError(f"--format comfyui covers the {' and '.join(COMFYUI_FAMILIES)} families, not {family}, for "
                         f"LoRAs: use --format lora, or --merge-lora for a merged single-file checkpoint")

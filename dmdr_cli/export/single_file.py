@@ -56,16 +56,22 @@ def layout_for(family: str) -> SingleFileLayout:
     return LAYOUTS[family]
 
 
+def check_latent(model_cfg) -> None:
+    """Refuse a pixel-space base model (no VAE) for the formats of latent-diffusion tools (ComfyUI, A1111)."""
+    from ..families.loading import resolve_pipeline
+
+    if not resolve_pipeline(model_cfg, model_cfg.family).has("vae"):
+        raise DmdrError(f"{model_cfg.pretrained} is a pixel-space model (no VAE): single-file checkpoints and "
+                        f"ComfyUI hold latent-diffusion models; use {WORKING_FORMATS_WITHOUT_VAE}")
+
+
 def check_single_file(model_cfg, *, denoiser_only: bool) -> None:
     """Refuse, before anything loads, a base model the family's single-file layout cannot hold."""
     from ..families.loading import resolve_pipeline
 
-    family = model_cfg.family
-    layout = layout_for(family)
-    source = resolve_pipeline(model_cfg, family)
-    if not source.has("vae"):
-        raise DmdrError(f"{model_cfg.pretrained} is a pixel-space model (no VAE): single-file checkpoints and "
-                        f"ComfyUI hold latent-diffusion models; use {WORKING_FORMATS_WITHOUT_VAE}")
+    layout = layout_for(model_cfg.family)
+    check_latent(model_cfg)
+    source = resolve_pipeline(model_cfg, model_cfg.family)
     if denoiser_only:
         return
     for name, _ in layout.components:

@@ -64,6 +64,7 @@ PIXEL_SPACE = "is a pixel-space model (no VAE): single-file checkpoints and Comf
     ("sdxl-lora-sde", ["--format", "comfyui", "--denoiser-only"], "--denoiser-only applies to single-file"),
     ("world-full-sde", ["--format", "single-file"], PIXEL_SPACE),
     ("world-full-sde", ["--format", "comfyui"], PIXEL_SPACE),
+    ("world-lora-ode", ["--format", "comfyui"], PIXEL_SPACE),
 ])
 def test_a_format_the_generator_or_family_cannot_give_is_refused(trained, tmp_path, name, options, phrase):
     result, output = dmdr("export", trained(name).run, *options, "--out", tmp_path / "out")
