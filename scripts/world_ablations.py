@@ -100,8 +100,8 @@ KNOBS = {
 # Why the validation score falls after the cold start (issue 20): a factorial on DMD alone (the probes of
 # 2026-12-06 found DMD, not ReFL, emptying the canvases), one factor of stage 2 at a time against the table's
 # `distill only` (5 seeds): the real score stays DynaDG's (s_r held near 0.5 instead of reaching the CFG'd
-# teacher at step 60), the renoising stays DynaRS's Beta(4, 1.5) instead of turning uniform, both, and a 4x
-# larger batch. The RL term (table: distill + ReFL vs distill only) and the learning rates (knobs) have records.
+# teacher at step 60), the renoising stays DynaRS's Beta(4, 1.5) instead of turning uniform, both, and a 2x
+# larger batch (2x the cost per run; 4x did not fit the budget). The RL term (table: distill + ReFL vs distill only) and the learning rates (knobs) have records.
 _HELD = 1_000_000  # a schedule over a million steps is constant over 120
 _DMD_ONLY = ["rl.algorithm=none"]
 DIAGNOSIS = {
@@ -109,7 +109,7 @@ DIAGNOSIS = {
     "distill only, DynaRS held": (_DMD_ONLY + [f"coldstart.dynars.steps={_HELD}"], THREE),
     "distill only, DynaDG and DynaRS held": (_DMD_ONLY + [f"coldstart.dynadg.steps={_HELD}",
                                                           f"coldstart.dynars.steps={_HELD}"], THREE),
-    "distill only, batch 32": (_DMD_ONLY + ["train.batch_size=32"], THREE),
+    "distill only, batch 16": (_DMD_ONLY + ["train.batch_size=16"], THREE),
 }
 # Stabiliser candidates (issue 20), on the larger validation set (80 GenEval-style prompts per task, 48 dense
 # items: about half the standard error of the default 20 / 12), with the shipped recipe re-run on it as the
