@@ -63,6 +63,9 @@ def test_run_starts_nothing_past_the_budget(study, monkeypatch):
     assert not study.fits_budget("long", 1.8, running=0)  # 6600 > 6480
     assert study.fits_budget("long", 2.6, running=0) and not study.fits_budget("long", 2.6, running=1)
     assert study.fits_budget("coldstart", 1.0, running=5)  # no finished run of the set: no estimate yet
+    # an attempt that recorded its CPU time counts that, not its wall time (a shared machine stretches the latter)
+    assert study.cost({"seconds": 900.0, "cpu_seconds": 600.0}) == 600.0 and study.cost({"seconds": 900.0}) == 900.0
+    assert study.budget_of("candidates")[1] == ("diagnosis", "candidates") and study.budget_of("long")[2] == 8.0
     started = []
     monkeypatch.setattr(study, "_run", lambda *job: started.append(job[:3]))
     study.run_one("long", "distill only, 480 steps", 1, limit_hours=1.8)
