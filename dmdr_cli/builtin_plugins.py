@@ -1,10 +1,11 @@
 """The plug-ins dmdr ships, and the one place that loads them.
 
 A plug-in module registers what it adds when it is imported: prompt sets (`data.prompts.register_builtin`),
-rewards (`rewards.registry.register_reward`), run benches (`evaluate.plugins.register_run_bench`) and
-evaluation domains (`evaluate.domains.register_domain`). Each registry calls `load(kind)` before its first
-lookup, so plug-ins load only when asked for (the CLI starts fast) and no engine names one. A package of
-your own registers the same way from its own import; a second miniature world adds its modules here.
+rewards (`rewards.registry.register_reward`), real-image sources (`data.images.register_image_source`), run
+benches (`evaluate.plugins.register_run_bench`) and evaluation domains (`evaluate.domains.register_domain`).
+Each registry calls `load(kind)` before its first lookup, so plug-ins load only when asked for (the CLI starts
+fast) and no engine names one. A package of your own registers the same way from its own import; a second
+miniature world adds its modules here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "rewards": ("dmdr_cli.world.reward",),
     "run_benches": ("dmdr_cli.world.report",),
     "domains": ("dmdr_cli.world.domain",),
+    "images": ("dmdr_cli.world.real_images",),
 }
 _loaded: set[str] = set()
 
