@@ -63,13 +63,13 @@ def open_images(spec: str, resolution: int, seed: int) -> "RealImages":
 class ImageFolder:
     """Every image under a folder (recursively, sorted), each with its same-stem .txt caption if there is one."""
 
-    FIX = "point data.images at a folder of images (.png, .jpg, .jpeg, .webp)"
+    FIX = "point data.images at a folder of .png, .jpg, .jpeg or .webp images"
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.paths = _image_files(folder, self.FIX)
         if not self.paths:
-            raise DmdrError(f"data.images {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): {self.FIX}")
+            raise DmdrError(f"data.images {folder} holds no images: {self.FIX}")
         fix = "replace or delete it, or point data.images at another folder"
         for path in self.paths:
             files.check_image(path, "data.images image", fix)
