@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 
+from .errors import DmdrError
+
 MODULES: dict[str, tuple[str, ...]] = {
     "prompts": ("dmdr_cli.world.builtin_prompts",),
     "rewards": ("dmdr_cli.world.reward",),
@@ -29,3 +31,14 @@ def load(kind: str) -> None:
     for module in MODULES[kind]:
         importlib.import_module(module)
     _loaded.add(kind)
+
+
+def lookup(spec: str, registry: dict, kind: str, what: str, otherwise: str):
+    """The entry of `registry` that `spec` (builtin:NAME) names, once the built-in plug-ins of `kind` are loaded;
+    an unknown name is one line listing the known ones, or `otherwise`."""
+    name = spec.split(":", 1)[1]
+    load(kind)
+    if name not in registry:
+        known = ", ".join("builtin:" + n for n in sorted(registry))
+        raise DmdrError(f"unknown built-in {what} {spec!r}: choose one of {known} or {otherwise}")
+    return registry[name]

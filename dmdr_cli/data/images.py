@@ -51,12 +51,8 @@ def register_image_source(name: str, factory: Callable[[int, int], ImageSource])
 def open_images(spec: str, resolution: int, seed: int) -> "RealImages":
     """`data.images` checked and opened (one line if it cannot be used), before any weight loads."""
     if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1]
-        builtin_plugins.load("images")
-        if name not in BUILTIN:
-            raise DmdrError(f"unknown built-in image source {spec!r} in data.images: choose one of "
-                            f"{', '.join('builtin:' + n for n in sorted(BUILTIN)) or '(none)'} or give a folder of images")
-        return RealImages(BUILTIN[name](resolution, seed), resolution, seed)
+        factory = builtin_plugins.lookup(spec, BUILTIN, "images", "image source (data.images)", "give a folder of images")
+        return RealImages(factory(resolution, seed), resolution, seed)
     return RealImages(ImageFolder(Path(spec)), resolution, seed)
 
 
