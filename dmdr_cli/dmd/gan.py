@@ -149,7 +149,9 @@ class GanTerm:
         loss = generator_gan_loss(self.head(self._features(ctx, x_t, t, cond, grad=True)))
         (grad,) = torch.autograd.grad(loss, x0)
         surrogate = loss.detach() + ((x0_g - x0_g.detach()) * grad).sum()  # value: the loss; gradient: grad
-        return surrogate, {"gan_generator_loss": loss.detach(), "gan_grad_norm": grad.flatten(1).norm(dim=1).mean()}
+        # each sample's own |d softplus(-D(x)) / dx| (the batch mean divides it by the batch size)
+        per_sample = grad.flatten(1).norm(dim=1).mean() * len(x0)
+        return surrogate, {"gan_generator_loss": loss.detach(), "gan_grad_norm": per_sample}
 
     def head_loss(self, ctx, x0_g: torch.Tensor, cond: Cond, sample_ids: list[int],
                   rng: StepRandomness) -> tuple[torch.Tensor, dict]:
