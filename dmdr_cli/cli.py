@@ -151,6 +151,7 @@ class ExportFormat(str, Enum):
     diffusers = "diffusers"
     lora = "lora"
     comfyui = "comfyui"
+    single_file = "single-file"
 
 
 class ExportDtype(str, Enum):
@@ -165,9 +166,12 @@ class ExportDtype(str, Enum):
          "call.\n\n"
          "Formats: safetensors (the denoiser's weights, one file), diffusers (a pipeline folder with a scheduler that "
          "reproduces the student's sampler), lora (diffusers LoRA, for LoRA generators), comfyui (kohya-layout LoRA, "
-         "sdxl and sd3).\n\n"
+         "sdxl and sd3; full or merged weights: a single-file checkpoint), single-file (the whole pipeline in the "
+         "original checkpoint layout, for AUTOMATIC1111 / Forge / ComfyUI's Load Checkpoint; --denoiser-only: the "
+         "UNet / MMDiT alone, for ComfyUI's Load Diffusion Model).\n\n"
          "Examples:\n\n"
          "  dmdr export runs/sdxl-4step --format diffusers --out exports/sdxl-4step\n\n"
+         "  dmdr export runs/sdxl-4step --format single-file --out exports/sdxl-4step-checkpoint\n\n"
          "  dmdr export runs/sd3m/checkpoints/latest --format comfyui --out exports/sd3m-comfyui\n\n"
          "  dmdr export runs/sd3m/checkpoints/step-004000 --format safetensors --dtype bf16 --out exports/sd3m",
 )
@@ -181,18 +185,22 @@ def export(
     dtype: ExportDtype = typer.Option(ExportDtype.fp16, "--dtype", help="dtype of the written weights."),
     merge_lora: Optional[bool] = typer.Option(
         None, "--merge-lora/--no-merge-lora", show_default=False,
-        help="LoRA generators: merge into the denoiser (default for safetensors and diffusers) or keep the adapter "
-             "(safetensors only)."),
+        help="LoRA generators: merge into the denoiser (default for safetensors, diffusers and single-file; "
+             "comfyui: a merged single-file checkpoint instead of the LoRA) or keep the adapter (safetensors)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     copy_components: Optional[bool] = typer.Option(
         None, "--copy-components/--reference-components", show_default=False,
         help="diffusers format: copy the teacher's unchanged components into the folder (default), or write only "
              "the denoiser and scheduler and load the rest from the teacher (see the model card)."),
+    denoiser_only: bool = typer.Option(
+        False, "--denoiser-only",
+        help="single-file checkpoints: the UNet / MMDiT alone in the original layout (ComfyUI's Load Diffusion "
+             "Model), the text encoders and VAE left to the base model."),
 ):
     from .engines.export import run_export
 
     run_export(checkpoint, fmt=fmt.value, out=out, dtype=dtype.value, merge_lora=merge_lora, overwrite=overwrite,
-               copy_components=copy_components, console=console)
+               copy_components=copy_components, denoiser_only=denoiser_only, console=console)
 
 
 world_app = typer.Typer(help="The built-in shapes world: train its teacher and its world-clip reward on a CPU.",

@@ -1,14 +1,17 @@
-"""ODE-regression warm start: teach a (1-step) student the teacher's noise -> image map before DMD.
+"""Regression onto the teacher's own samples: an ODE-regression warm start, and a term during DMD.
 
-DMD2 (arXiv 2405.14867, sec. 4) and DMDR start their 1-step SDXL students from such a checkpoint. Here
-the pairs are made by the project itself, image-free: noise from keyed seeds, the teacher's own
-multi-step sampler with CFG, on the run's prompts. The student is then regressed onto them at its
-first time (the one fed pure noise). The pairs are cached in the run folder, so a resumed run reuses
-them.
+Warm start: DMD2 (arXiv 2405.14867, sec. 4) and DMDR start their 1-step SDXL students from a checkpoint
+regressed onto the teacher's noise -> image map. Term: DMD (arXiv 2311.18828) adds such a regression loss
+to every generator update so that the mode-seeking distribution-matching gradient cannot drop what the
+teacher draws; CausVid does the same against drift over many steps. The pairs are made by the project
+itself, image-free: noise from keyed seeds, the teacher's own multi-step sampler with CFG, on the run's
+training prompts. They are cached (the run folder, or `ode_regression.cache` to share them between runs),
+so a resumed run reuses them; the cache records what made it and a mismatching one is refused.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -16,6 +19,7 @@ import torch
 from ..runtime.checkpoint import as_os_errors
 from ..runtime.files import atomic_file
 
+from ..data.prompts import prompt_index
 from ..errors import DmdrError
 from ..families.base import Guidance
 from ..sampling import teacher_sample
@@ -29,20 +33,52 @@ def shard(n: int, rank: int, world_size: int) -> range:
     return range(start, start + base + (rank < extra))
 
 
+def pair_identity(cfg, n_prompts: int) -> dict:
+    """What a pair file is made of: a cache is reused only by a run that would make the same pairs."""
+    ode = cfg.ode_regression
+    return {"teacher": cfg.model.pretrained, "resolution": cfg.model.resolution, "prompts": cfg.data.prompts,
+            "n_prompts": n_prompts, "pairs": ode.pairs, "seed": pair_seed(cfg), "teacher_steps": ode.teacher_steps,
+            "cfg": ode.cfg if ode.cfg is not None else cfg.guidance.scale, "uncond": cfg.guidance.uncond}
+
+
+def pair_seed(cfg) -> int:
+    return cfg.ode_regression.seed if cfg.ode_regression.seed is not None else cfg.train.seed
+
+
+def cache_path(cfg, run_dir: Path) -> Path:
+    return Path(cfg.ode_regression.cache).expanduser() if cfg.ode_regression.cache else run_dir / "ode_pairs.safetensors"
+
+
+def _read_cache(cache: Path, identity: dict) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with as_os_errors(), safe_open(str(cache), "pt") as f:
+        saved = json.loads((f.metadata() or {}).get("dmdr_ode_pairs", "null"))
+    if saved is not None and saved != identity:
+        differ = ", ".join(f"{k} {saved.get(k)!r} vs {v!r}" for k, v in identity.items() if saved.get(k) != v)
+        raise DmdrError(f"ODE pair cache {cache} was made for other pairs ({differ}): point ode_regression.cache "
+                        f"elsewhere, or delete the file to make the pairs again")
+    return load_file(str(cache))
+
+
 def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, dist=None) -> dict[str, torch.Tensor]:
-    """{noise, target, prompt_index}: teacher ODE outputs for keyed noise, prompt i = pair i mod #prompts.
+    """{noise, target, prompt_index}: teacher ODE outputs for keyed noise; pair i takes training prompt
+    `prompt_index(i, #prompts, seed)` (the training order, so any number of pairs covers the prompts evenly).
+    `conds`: the training prompts' conditioning, in the order of the prompt list.
 
     With several processes each makes its shard of the pairs, all gather them, and the main process alone
     writes the cache (every pair depends on its id only, so the split does not change them).
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     rank, world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    identity = pair_identity(ctx.cfg, conds.batch_size)
     missing = not cache.is_file()
     if dist is not None:
         missing = dist.any(missing)  # all processes agree on making them or not
     if not missing:
-        return load_file(str(cache))
+        return _read_cache(cache, identity)
     cfg = ctx.cfg.ode_regression
     scale = cfg.cfg if cfg.cfg is not None else ctx.cfg.guidance.scale
     shape = ctx.family.latent_shape(ctx.cfg.model.resolution)
@@ -53,7 +89,7 @@ def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, 
     for start in range(mine.start, mine.stop, batch):
         ids = list(range(start, min(start + batch, mine.stop)))
         z = torch.stack([torch.randn(shape, generator=keyed_generator(seed, "ode-pair", i)) for i in ids]).to(ctx.device)
-        rows = torch.tensor([i % conds.batch_size for i in ids])
+        rows = torch.tensor([prompt_index(i, conds.batch_size, seed) for i in ids])
         cond = conds[rows].to(ctx.device)
         with torch.no_grad(), ctx.amp():
             x0 = teacher_sample(ctx.family, teacher, z, cond, cfg.teacher_steps, Guidance(scale, ctx.uncond))
@@ -71,7 +107,7 @@ def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, 
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache, "the ODE pair cache", convert=False) as tmp:
             with as_os_errors():
-                save_file(pairs, str(tmp))
+                save_file(pairs, str(tmp), metadata={"dmdr_ode_pairs": json.dumps(identity)})
     if dist is not None:
         dist.barrier()  # the cache is complete before any process goes on (or a resume reads it)
     return pairs
@@ -82,14 +118,34 @@ def _rows(parts: list[torch.Tensor], shape, dtype) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.empty(0, *shape, dtype=dtype)
 
 
-def regression_loss(ctx, pairs: dict, conds, rows: torch.Tensor) -> torch.Tensor:
-    """Student x0 from the pair's noise at its first time vs the teacher's ODE output."""
+def term_loss(ctx, pairs: dict, conds, sample_ids: list[int], seed: int) -> torch.Tensor:
+    """The regression term of one micro-batch: each global sample id draws its pair, its student step and its
+    fresh noise from its own keyed generator (so N processes draw what one process would)."""
+    gens = [keyed_generator(seed, "ode-term", i) for i in sample_ids]
+    rows = torch.stack([torch.randint(len(pairs["target"]), (), generator=g) for g in gens])
+    return regression_loss(ctx, pairs, conds, rows, gens)
+
+
+def regression_loss(ctx, pairs: dict, conds, rows: torch.Tensor, generators: list | None = None) -> torch.Tensor:
+    """Student x0 vs the teacher's ODE output. Without `generators` (the warm start), from the pair's noise at the
+    student's first time. With one per row (the term during DMD), each row also draws a student step j: j = 0 as
+    before, j > 0 the teacher's sample renoised to the student's time j with fresh noise, the kind of input the
+    student gets there, so every step learns not to drop what the teacher drew."""
     noise = pairs["noise"][rows].to(ctx.device)
     target = pairs["target"][rows].to(ctx.device)
     cond = conds[pairs["prompt_index"][rows]].to(ctx.device)
-    t = torch.full((len(rows),), ctx.student_times[0], device=ctx.device)
+    times = torch.tensor(ctx.student_times, dtype=torch.float32)
+    step = torch.zeros(len(rows), dtype=torch.long)
+    if generators is not None:
+        step = torch.stack([torch.randint(len(times), (), generator=g) for g in generators])
+        fresh = torch.stack([torch.randn(noise.shape[1:], generator=g) for g in generators]).to(ctx.device)
+    t = times[step].to(ctx.device)
+    x_in = noise
+    if bool((step > 0).any()):
+        renoised = ctx.family.schedule.renoise(target, t, fresh)
+        x_in = torch.where((step > 0).to(ctx.device).view(-1, *[1] * (noise.dim() - 1)), renoised, noise)
     with ctx.amp():
-        x0 = ctx.family.predict_x0(ctx.nets.as_generator(), noise, t, cond).float()
+        x0 = ctx.family.predict_x0(ctx.nets.as_generator(), x_in, t, cond).float()
     if ctx.cfg.ode_regression.loss == "mse":
         return torch.nn.functional.mse_loss(x0, target)
     return _lpips(ctx)(ctx.family.decode(x0) * 2 - 1, ctx.family.decode(target) * 2 - 1).mean()

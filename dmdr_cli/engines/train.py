@@ -27,8 +27,9 @@ from ..runtime.precision import (autocast_dtype, frozen_dtype, is_sharded, make_
 from ..runtime import compat
 from ..runtime.rundir import RunFolder, is_done, mark_done
 from ..dmd.gan import GanTerm
+from ..dmd.ema import GeneratorEMA, averaged
 from ..dmd.networks import build_networks
-from ..dmd.ode_regression import make_pairs, regression_loss
+from ..dmd.ode_regression import cache_path, make_pairs, pair_seed, regression_loss, term_loss
 from ..dmd.randomness import StepRandomness, key_seed, keyed_generator
 from ..dmd.step import StepContext, dmd_generator_loss, fake_score_step_loss, generator_sample
 from ..dmd.validation import grid_image, save_sample_grid, validate
@@ -120,6 +121,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     if cfg.data.cache_embeddings:
         family.release_text_encoders()
     index_of = {p: i for i, p in enumerate(all_prompts)}
+    train_conds = conds[[index_of[p] for p in prompts]]  # in the prompt file's order (the teacher's pairs use it)
     teacher = family.denoiser
     if cfg.train.gradient_checkpointing:
         teacher.enable_gradient_checkpointing()
@@ -137,12 +139,16 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     reducer_g, reducer_f = make_reducer(nets.generator_params, opt_g, dist), make_reducer(nets.fake_params, opt_f, dist)
     if rl_branch is not None:
         rl_branch.attach(family, nets)
+    ema = GeneratorEMA(nets.generator_params, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.decay > 0 else None
 
     if loaded is not None:  # names and shapes against the networks just built, before a tensor is read
-        compat.check_tensors(loaded, nets.trainable_layout(), "--resume" if resume_from is not None else "--init")
+        layout = nets.trainable_layout()
+        if ema is not None and "generator_ema" in loaded.headers:
+            layout["generator_ema"] = layout["generator"]
+        compat.check_tensors(loaded, layout, "--resume" if resume_from is not None else "--init")
     start = 0
     if resume_from is not None:
-        start = restore(resume_from, nets, {"generator": opt_g, "fake": opt_f}, rl_branch)
+        start = restore(resume_from, nets, {"generator": opt_g, "fake": opt_f}, rl_branch, ema)
         console.print(f"resuming from {resume_from} at generator step {start}")
     elif init:
         start = apply_init(init, nets)
@@ -211,6 +217,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 dist.barrier()
             if dist.is_main:
                 tensors = nets.trainable_state()
+                if ema is not None:  # the averaged generator beside the live one: sample / export read it
+                    with ema.swapped():
+                        tensors["generator_ema"] = nets.generator_state()
                 if rl_branch is not None and rl_branch.state():
                     tensors["rl_reference"] = rl_branch.state()
                 if gan is not None:
@@ -235,6 +244,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 loss_dmd, dmd_stats = dmd_generator_loss(ctx, x0_g, cond, rng, k)
                 loss_dmd = inject_nan("dmd", loss_dmd, k)
                 loss = cfg.dmd.weight * loss_dmd
+                if cfg.ode_regression.weight > 0:  # keyed by global sample id, like every other draw
+                    loss_reg = term_loss(ctx, pairs, train_conds, ids, cfg.train.seed)
+                    loss = loss + cfg.ode_regression.weight * loss_reg
+                    stats["ode_regression_loss"] = loss_reg.detach()
                 if rl_on:
                     loss_rl, rl_stats = rl_branch.loss(ctx, x0_g, cond, texts, rng, k)
                     loss_rl = inject_nan("rl", loss_rl, k)
@@ -274,8 +287,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
 
         def run_validation(k: int, best: float | None) -> float | None:
             """Validation metrics into the log, a grid into samples/, and the best checkpoint by weighted reward."""
-            metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
-            metrics.update(plugins.validation_metrics(benches, ctx, encode))
+            with averaged(ema):  # the weights a user would sample
+                metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
+                metrics.update(plugins.validation_metrics(benches, ctx, encode))
             (run.path / "samples").mkdir(exist_ok=True)
             grid_image(images).save(run.path / "samples" / f"validation-{k:06d}.png")
             log.write(k, metrics)
@@ -285,8 +299,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 return score
             return best
 
-        if start == 0 and cfg.ode_regression.steps and not init:
-            ode_warm_start(ctx, conds, run.path, dist, log, console)
+        pairs = None
+        warm_start = start == 0 and cfg.ode_regression.steps and not init
+        if warm_start or cfg.ode_regression.weight > 0:
+            pairs = teacher_pairs(ctx, train_conds, run.path, dist, console)
+        if warm_start:
+            ode_warm_start(ctx, pairs, train_conds, dist, log, console)
 
         best = None
         title = "cold start" if stage == "coldstart" else "distill"
@@ -312,7 +330,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                             micro_step(k, inner, micro, gen_turn, rl_on, stats, fake_losses)
                     fault_point("after-backward")
                     if gen_turn:
-                        parts = {"DMD": stats["dmd_loss"], **({"RL reward": stats["rl_loss"]} if rl_on else {})}
+                        parts = {"DMD": stats["dmd_loss"], **({"RL reward": stats["rl_loss"]} if rl_on else {}),
+                                 **({"ODE regression": stats["ode_regression_loss"]} if "ode_regression_loss" in stats else {})}
                         ok, norm = apply_update(nets.generator_params, opt_g, cfg.train.grad_clip, reducer_g, guard_g,
                                                 "DMD/RL generator" if rl_on else "DMD generator", stats["generator_loss"],
                                                 parts)
@@ -329,6 +348,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                                      stats["gan_head_loss"])
                     fault_point("after-optimizer-step")
                 k += 1
+                if ema is not None:
+                    ema.update(k)
                 stats["fake_loss"] = torch.stack(fake_losses).mean()
                 stats["step_time"] = time.perf_counter() - t0
                 if dist.world_size > 1:  # bytes this process sent into reductions and parameter broadcasts
@@ -342,8 +363,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
                     progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
                 if cfg.train.sample_every and k % cfg.train.sample_every == 0 and dist.is_main:
-                    save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
-                                     k, cfg.train.seed)
+                    with averaged(ema):
+                        save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples", k, cfg.train.seed)
                 validating = cfg.train.validate_every and k % cfg.train.validate_every == 0
                 due = (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps or validating
                 stop = dist.any(preempt.requested)  # the signal may reach one process only; all must save and stop
@@ -361,11 +382,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         fault_point("before-end-outputs")
         outputs = [f"checkpoints/{ckpt.step_dir_name(k)}"]
         if dist.is_main and cfg.train.sample_every:
-            save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
-                             k, cfg.train.seed)
+            with averaged(ema):
+                save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples", k, cfg.train.seed)
             outputs.append("samples")
         if dist.is_main:
-            reports = plugins.final_reports(benches, ctx, encode, run.path, console)
+            with averaged(ema):
+                reports = plugins.final_reports(benches, ctx, encode, run.path, console)
             outputs += [f"report:{name}" for name in reports]
             fault_point("before-done-marker")
             mark_done(run.path, k, stage, outputs)
@@ -376,8 +398,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     return run.path
 
 
-def ode_warm_start(ctx, conds, run_dir: Path, dist: Dist, log: MetricsLog, console: Console) -> None:
-    """Regress the student onto teacher ODE outputs before generator step 0 (ode_regression section)."""
+def teacher_pairs(ctx, train_conds, run_dir: Path, dist: Dist, console: Console) -> dict[str, torch.Tensor]:
+    """The (noise, teacher sample) pairs of the ode_regression section: made once, then read from the cache."""
     cfg = ctx.cfg
     n = cfg.ode_regression.pairs
     with StepProgress(n, 0, console, dist.is_main, "ODE pairs") as progress:
@@ -387,7 +409,13 @@ def ode_warm_start(ctx, conds, run_dir: Path, dist: Dist, log: MetricsLog, conso
             done[0] += count
             progress.update(done[0], {})
 
-        pairs = make_pairs(ctx, conds, n, cfg.train.seed, run_dir / "ode_pairs.safetensors", advance, dist)
+        return make_pairs(ctx, train_conds, n, pair_seed(cfg), cache_path(cfg, run_dir), advance, dist)
+
+
+def ode_warm_start(ctx, pairs, conds, dist: Dist, log: MetricsLog, console: Console) -> None:
+    """Regress the student onto teacher ODE outputs before generator step 0 (ode_regression section)."""
+    cfg = ctx.cfg
+    n = cfg.ode_regression.pairs
     opt = make_optimizer(ctx.nets.generator_params, cfg.ode_regression.lr or cfg.train.lr_generator, cfg.train, ctx.device,
                          dist.world_size, bucket_view=False)  # the generator's own optimizer holds the views
     reducer = make_reducer(ctx.nets.generator_params, opt, dist)
@@ -427,9 +455,12 @@ def run_state(cfg: Recipe, stage: str, nets, processes: int) -> dict:
             "student_steps": cfg.student.steps, "processes": processes}
 
 
-def restore(path: Path, nets, optimizers: dict, rl_branch) -> int:
+def restore(path: Path, nets, optimizers: dict, rl_branch, ema: GeneratorEMA | None = None) -> int:
     data = ckpt.load_checkpoint(path)
     nets.load_generator_state(data["tensors"]["generator"])
+    if ema is not None:  # a checkpoint without one (--allow-recipe-change turned the EMA on) starts it here
+        with ema.swapped():
+            nets.load_generator_state(data["tensors"].get("generator_ema", data["tensors"]["generator"]))
     nets.load_fake_state(data["tensors"]["fake"])
     if rl_branch is not None:
         rl_branch.load_state(data["tensors"].get("rl_reference", {}))

@@ -86,7 +86,7 @@ def _open_student(spec: str) -> ModelRef:
     run_name = source.run_dir.name if source.run_dir is not None else source.checkpoint.name
     return ModelRef(
         spec=spec, kind="student", model=recipe.model, uncond=recipe.guidance.uncond,
-        label=f"{run_name} (step {source.step}, {recipe.student.steps}-step student)",
+        label=f"{run_name} (step {source.step}{', EMA' if source.uses_ema else ''}, {recipe.student.steps}-step student)",
         identity=str(source.checkpoint.resolve()), domain=domains.of_recipe(recipe),
         steps=recipe.student.steps, cfg=None, batch_size=recipe.sample.batch_size,  # sample.steps is the teacher's
         per_prompt=recipe.sample.per_prompt, seed=recipe.sample.seed, source=source, run_dir=source.run_dir,

@@ -1,13 +1,19 @@
-"""The four export formats, each a function that writes its files into a (staging) folder.
+"""The export formats, each a function that writes its files into a (staging) folder.
 
 - safetensors: the denoiser's weights in its native diffusers key layout, one file (a LoRA merged, or
   with --no-merge-lora the adapter alone in diffusers' LoRA layout).
 - diffusers:   a complete pipeline folder with the student's denoiser and a scheduler that reproduces
   the student's sampler (export/scheduler.py); or, with --reference-components, only those two.
 - lora:        diffusers-format LoRA (`pipe.load_lora_weights(folder)`), with peft adapter metadata.
-- comfyui:     kohya / ComfyUI key layout (export/kohya.py).
+- comfyui:     a LoRA in the kohya / ComfyUI key layout (export/kohya.py); full (or merged) weights as a
+  single-file checkpoint.
+- single-file: the pipeline in the original checkpoint layout, one file (export/single_file.py), or with
+  --denoiser-only the denoiser alone in that layout.
 
-Each returns the names of the weight files it wrote, for the model card.
+A pixel-space model (no VAE) has no diffusers pipeline class: its exports also hold pixel_pipeline.py, the
+pipeline its model card loads with `trust_remote_code=True`.
+
+Each returns the names of the files it wrote, for the model card.
 """
 
 from __future__ import annotations
@@ -23,12 +29,20 @@ from ..errors import DmdrError
 from .kohya import comfyui_namer, kohya_state_dict
 from .output import inside
 from .scheduler import StudentScheduler, build_scheduler, student_scheduler
+from .single_file import file_name, single_file_tensors
 from .student import Student
 
-FORMATS = ("safetensors", "diffusers", "lora", "comfyui")
+FORMATS = ("safetensors", "diffusers", "lora", "comfyui", "single-file")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it
 COMFYUI_FILE = "comfyui_lora.safetensors"
+PIXEL_PIPELINE_FILE = "pixel_pipeline.py"
+PIXEL_PIPELINE_CLASS = "PixelDiffusionPipeline"
+
+
+def writes_single_file(fmt: str, full_weights: bool) -> bool:
+    """--format single-file, and --format comfyui of full (or merged) weights: ComfyUI loads those as checkpoints."""
+    return fmt == "single-file" or (fmt == "comfyui" and full_weights)
 
 
 def scheduler_spec(student: Student) -> StudentScheduler:
@@ -112,7 +126,17 @@ def write_lora(folder: Path, student: Student, dtype: torch.dtype) -> list[str]:
     return [LORA_FILE]
 
 
-def write_comfyui(folder: Path, student: Student, dtype: torch.dtype) -> list[str]:
+def write_single_file(folder: Path, student: Student, dtype: torch.dtype, denoiser_only: bool = False) -> list[str]:
+    name = file_name(student, denoiser_only)
+    _save(single_file_tensors(student, dtype, denoiser_only=denoiser_only), inside(folder, name),
+          export_metadata(student))
+    return [name]
+
+
+def write_comfyui(folder: Path, student: Student, dtype: torch.dtype, denoiser_only: bool = False) -> list[str]:
+    """A LoRA in the kohya layout; full or merged weights as the single-file checkpoint ComfyUI loads."""
+    if student.merged or student.source.lora is None:
+        return write_single_file(folder, student, dtype, denoiser_only)
     lora = student.source.lora
     namer = comfyui_namer(student.source.recipe.model.family, student.denoiser.config)
     tensors = kohya_state_dict(student.adapter, namer, lora.alpha, dtype)
@@ -147,8 +171,26 @@ def write_diffusers(folder: Path, student: Student, dtype: torch.dtype, copy_com
                             f"folder is complete, or pass --reference-components") from None
         written.append(name)
     index["scheduler"] = ["diffusers", spec.class_name]
+    if family.pixel_space:  # diffusers has no pipeline class for it: the folder's own code (write_pixel_pipeline)
+        index = {"_class_name": [Path(PIXEL_PIPELINE_FILE).stem, PIXEL_PIPELINE_CLASS],
+                 "_diffusers_version": index.get("_diffusers_version"),
+                 **{name: index[name] for name in pixel_pipeline_components()}}
     inside(folder, "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return written
+
+
+def pixel_pipeline_components() -> list[str]:
+    import inspect
+
+    from .pixel_pipeline import PixelDiffusionPipeline
+
+    return [name for name in inspect.signature(PixelDiffusionPipeline.__init__).parameters if name != "self"]
+
+
+def write_pixel_pipeline(folder: Path) -> list[str]:
+    """pixel_pipeline.py, the pipeline a pixel-space model's card loads (diffusers has none without a VAE)."""
+    shutil.copyfile(Path(__file__).with_name(PIXEL_PIPELINE_FILE), inside(folder, PIXEL_PIPELINE_FILE))
+    return [PIXEL_PIPELINE_FILE]
 
 
 def teacher_files(model_cfg, family: str) -> Path:

@@ -6,8 +6,9 @@ import json
 import math
 
 from .. import __version__
-from .formats import COMFYUI_FILE, generator_kind, scheduler_spec
+from .formats import COMFYUI_FILE, PIXEL_PIPELINE_FILE, generator_kind, scheduler_spec, writes_single_file
 from .scheduler import StudentScheduler
+from .single_file import components_in_file, layout_for
 from .student import Student
 
 _SAMPLERS = {"sde": "sde: predict x0, renoise to the next time with fresh noise (DMD2 backward simulation; "
@@ -32,6 +33,13 @@ def _teacher_args(model, torch_dtype: str) -> str:
     return ", ".join([_literal(model.pretrained), *extra, f"torch_dtype={torch_dtype}"])
 
 
+def _pixel_code(student: Student) -> str:
+    """Extra from_pretrained arguments of a pixel-space base model: the pipeline code shipped in this folder."""
+    if not student.family.pixel_space:
+        return ""
+    return f', custom_pipeline="{HERE}/{PIXEL_PIPELINE_FILE}", trust_remote_code=True'
+
+
 def _full_weights(student: Student) -> bool:
     return student.merged or student.source.lora is None
 
@@ -54,25 +62,44 @@ def sampling_call(student: Student, spec: StudentScheduler) -> list[str]:
     return ['prompt = "a photo of a cat"', *lines, call]
 
 
-def _pipeline_lines(student: Student, fmt: str, files: list[str], torch_dtype: str, copied: bool) -> list[str]:
+def _pipeline_lines(student: Student, fmt: str, files: list[str], torch_dtype: str, copied: bool,
+                    denoiser_only: bool) -> list[str]:
     """Imports and the lines that build `pipe` for this export; [] where diffusers has no reader for it."""
     family, model = student.family, student.source.recipe.model
     spec = scheduler_spec(student)
     sub, scheduler_cls = family.denoiser_subfolder, spec.class_name
     variant = f", variant={_literal(model.variant)}" if model.variant else ""
-    teacher = f"pipe = DiffusionPipeline.from_pretrained({_teacher_args(model, torch_dtype)})"
+    base_args = _teacher_args(model, torch_dtype) + _pixel_code(student)
+    teacher = f"pipe = DiffusionPipeline.from_pretrained({base_args})"
     use_student_scheduler = (f"pipe.scheduler = {scheduler_cls}.from_config(pipe.scheduler.config, "
                              f"{_kwargs(spec.config)})")
+    denoiser_cls = type(student.denoiser).__name__
+    if writes_single_file(fmt, _full_weights(student)):
+        path, config = f'"{HERE}/{files[0]}"', _literal(model.pretrained)
+        if denoiser_only:
+            return [f"from diffusers import DiffusionPipeline, {denoiser_cls}, {scheduler_cls}", "",
+                    f'{sub} = {denoiser_cls}.from_single_file({path}, config={config}, subfolder="{sub}", '
+                    f'torch_dtype={torch_dtype})',
+                    f"pipe = DiffusionPipeline.from_pretrained({base_args}, {sub}={sub})", use_student_scheduler,
+                    'pipe.to("cuda")']
+        training = [name for name in layout_for(family.name).left_training if name in components_in_file(model)]
+        return [f"from diffusers import {family.pipeline_class}, {scheduler_cls}", "",
+                f"pipe = {family.pipeline_class}.from_single_file({path}, config={config}, "
+                f"torch_dtype={torch_dtype})",
+                *[f"pipe.{name}.eval()  # diffusers' single-file reader leaves it in training mode (dropout on)"
+                  for name in training],
+                use_student_scheduler, 'pipe.to("cuda")']
     if fmt == "diffusers" and copied:
+        remote = ", trust_remote_code=True" if family.pixel_space else ""
         return ["from diffusers import DiffusionPipeline", "",
-                f'pipe = DiffusionPipeline.from_pretrained("{HERE}", torch_dtype={torch_dtype}{variant}).to("cuda")']
+                f'pipe = DiffusionPipeline.from_pretrained("{HERE}"{remote}, torch_dtype={torch_dtype}{variant})'
+                f'.to("cuda")']
     if fmt == "diffusers":
-        denoiser_cls = type(student.denoiser).__name__
         return [f"from diffusers import DiffusionPipeline, {denoiser_cls}, {scheduler_cls}", "",
                 f'{sub} = {denoiser_cls}.from_pretrained("{HERE}", subfolder="{sub}", '
                 f'torch_dtype={torch_dtype}{variant})',
                 f'scheduler = {scheduler_cls}.from_pretrained("{HERE}", subfolder="scheduler")',
-                f'{teacher[:-1]}, {sub}={sub}, scheduler=scheduler).to("cuda")']
+                f'pipe = DiffusionPipeline.from_pretrained({base_args}, {sub}={sub}, scheduler=scheduler).to("cuda")']
     if fmt == "safetensors" and _full_weights(student):
         return [f"from diffusers import DiffusionPipeline, {scheduler_cls}",
                 "from safetensors.torch import load_file", "",
@@ -86,25 +113,37 @@ def _pipeline_lines(student: Student, fmt: str, files: list[str], torch_dtype: s
     return []
 
 
-def diffusers_code(student: Student, fmt: str, files: list[str], dtype: str, copied: bool) -> list[str]:
+def diffusers_code(student: Student, fmt: str, files: list[str], dtype: str, copied: bool,
+                   denoiser_only: bool = False) -> list[str]:
     """Python code loading the export with diffusers and sampling as dmdr does, or [] where diffusers cannot read it."""
-    lines = _pipeline_lines(student, fmt, files, _DTYPE_NAMES[dtype], copied)
+    lines = _pipeline_lines(student, fmt, files, _DTYPE_NAMES[dtype], copied, denoiser_only)
     if not lines:
         return []
     return ["import torch", *lines, "", *sampling_call(student, scheduler_spec(student))]
 
 
-def comfyui_notes(student: Student, fmt: str, files: list[str]) -> list[str]:
+def comfyui_notes(student: Student, fmt: str, files: list[str], denoiser_only: bool = False) -> list[str]:
     model = student.source.recipe.model
+    if student.family.pixel_space:
+        return ["ComfyUI and AUTOMATIC1111 run latent-diffusion models; this pixel-space model (no VAE) loads with "
+                "the diffusers code above."]
     notes = []
-    if fmt == "comfyui":
+    if writes_single_file(fmt, _full_weights(student)) and denoiser_only:
+        notes.append(f"Copy `{files[0]}` to `ComfyUI/models/diffusion_models/` and load it with *Load Diffusion "
+                     f"Model*; the text encoders and VAE come from the base model ({model.pretrained}).")
+    elif writes_single_file(fmt, _full_weights(student)):
+        notes.append(f"Copy `{files[0]}` to `ComfyUI/models/checkpoints/` and load it with *Load Checkpoint* "
+                     f"(AUTOMATIC1111 / Forge: `models/Stable-diffusion/`); it holds the whole pipeline "
+                     f"({layout_for(student.family.name).description}).")
+    elif fmt == "comfyui":
         notes.append(f"Copy `{COMFYUI_FILE}` to `ComfyUI/models/loras/`, load the base model ({model.pretrained}) "
                      f"and apply the LoRA with a *LoraLoaderModelOnly* node at strength 1.0.")
     elif fmt == "safetensors" and _full_weights(student):
         notes.append(f"Copy `{files[0]}` to `ComfyUI/models/diffusion_models/` and load it with *Load Diffusion "
                      f"Model*; the text encoders and VAE come from the base model ({model.pretrained}).")
     else:
-        notes.append("For ComfyUI export with `--format comfyui` (LoRA) or `--format safetensors` (merged weights).")
+        notes.append("For ComfyUI export with `--format comfyui` (a LoRA; full or merged weights: a checkpoint) or "
+                     "`--format single-file` (a checkpoint for *Load Checkpoint*).")
     sampler = "lcm" if student.sampler == "sde" else "euler"
     steps = len(student.times)
     notes.append(f"Sampler settings: {steps} step{'s' if steps > 1 else ''}, CFG 1.0 (the student runs without "
@@ -130,7 +169,7 @@ def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
 
 
 def model_card(student: Student, *, fmt: str, files: list[str], dtype: str, copied: bool,
-               metrics: dict[str, dict[str, float]]) -> str:
+               metrics: dict[str, dict[str, float]], denoiser_only: bool = False) -> str:
     source, family = student.source, student.family
     model, lora = source.recipe.model, source.lora
     spec = scheduler_spec(student)
@@ -146,26 +185,36 @@ def model_card(student: Student, *, fmt: str, files: list[str], dtype: str, copi
         f"A {len(student.times)}-step student of {base}, distilled with DMD + RL by dmdr {__version__}.", "",
         "| | |", "|---|---|",
         f"| base model | {base} ({family.name}, `{family.pipeline_class}`) |",
-        f"| checkpoint | generator step {source.step} (`{source.checkpoint}`) |",
+        f"| checkpoint | generator step {source.step} (`{source.checkpoint}`)"
+        f"{', the generator EMA (decay ' + str(source.recipe.ema.decay) + ')' if source.uses_ema else ''} |",
         f"| steps | {len(student.times)}, no classifier-free guidance |",
         f"| student times t (1 = noise) | {', '.join(f'{t:.6g}' for t in student.times)} |",
         f"| {times_label} | {spec.times!r} |",
         f"| sampler | {_SAMPLERS[student.sampler]} |",
         f"| generator | {generator} |",
-        f"| export | `--format {fmt}`, {dtype}, {generator_kind(student)}: {', '.join(f'`{f}`' for f in files)} |",
+        f"| export | `--format {fmt}`{' --denoiser-only' if denoiser_only else ''}, {dtype}, "
+        f"{generator_kind(student)}: {', '.join(f'`{f}`' for f in files)} |",
         f"| resolution | {model.resolution} px |",
         "",
     ]
     if metrics:
         lines += ["## Evaluation", "", *_metrics_table(metrics), ""]
-    code = diffusers_code(student, fmt, files, dtype, copied)
+    code = diffusers_code(student, fmt, files, dtype, copied, denoiser_only)
+    single = writes_single_file(fmt, _full_weights(student))
     lines += ["## diffusers", ""]
     if code:
         if fmt == "diffusers" and not copied:
             lines += ["This folder holds only the student's denoiser and scheduler; the other components come "
                       "from the base model:", ""]
+        if family.pixel_space:
+            lines += [f"diffusers has no pipeline class for a pixel-space model (no VAE): `{PIXEL_PIPELINE_FILE}` in "
+                      f"this folder is one (StableDiffusionPipeline without the VAE), loaded with "
+                      f"`trust_remote_code=True`.", ""]
         lines += ["```python", *code, "```", ""]
-        if fmt == "comfyui":
+        if single:
+            lines += ["`config=` names the base model whose component configs and tokenizers (no weights) diffusers "
+                      "reads to rebuild the pipeline around the file's weights.", ""]
+        elif fmt == "comfyui":
             lines += ["diffusers reads this kohya-layout file for SDXL UNets whose up-samplers follow attention "
                       "blocks, as in SDXL itself; `--format lora` writes diffusers' own layout.", ""]
     else:
@@ -173,6 +222,6 @@ def model_card(student: Student, *, fmt: str, files: list[str], dtype: str, copi
                   f"for `load_lora_weights`.", ""]
     lines += [f"The scheduler is `{spec.class_name}` configured to sample as dmdr does (`dmdr sample`): pass the "
               f"{spec.times_argument} exactly as above.", ""]
-    lines += ["## ComfyUI", "", *comfyui_notes(student, fmt, files), ""]
+    lines += ["## ComfyUI", "", *comfyui_notes(student, fmt, files, denoiser_only), ""]
     lines += ["## Recipe", "", "```yaml", source.recipe_yaml.rstrip(), "```", ""]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from ..runtime.checkpoint import resolve_checkpoint
 from ..runtime.files import read_text
 
 GENERATOR_FILE = "generator.safetensors"
+EMA_FILE = "generator_ema.safetensors"  # written by runs with a generator EMA (recipe section `ema`)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,13 @@ class ExportSource:
 
     @property
     def generator_file(self) -> Path:
-        return self.checkpoint / GENERATOR_FILE
+        """The weights a user samples and exports: the generator's EMA where the run kept one."""
+        ema = self.checkpoint / EMA_FILE
+        return ema if ema.is_file() else self.checkpoint / GENERATOR_FILE
+
+    @property
+    def uses_ema(self) -> bool:
+        return self.generator_file.name == EMA_FILE
 
     @property
     def teacher_folder(self) -> Path | None:
@@ -77,7 +84,9 @@ def open_checkpoint(spec: str | Path) -> ExportSource:
     if not (checkpoint / GENERATOR_FILE).is_file():
         raise DmdrError(f"checkpoint {checkpoint} has no {GENERATOR_FILE}: the copy is incomplete")
     info = compat.inspect(checkpoint, needs=("generator",))  # state.json an object with a step, headers whole
-    compat.check_float_tensors(info, "generator")
+    for stem in ("generator", "generator_ema"):
+        if stem in info.headers:
+            compat.check_float_tensors(info, stem)
     fmt = state.get("generator_format")
     if fmt not in ("full", "lora"):
         raise DmdrError(f"{checkpoint / 'state.json'}: generator_format is {fmt!r}, expected 'full' or 'lora'")

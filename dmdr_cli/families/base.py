@@ -100,6 +100,7 @@ class Family(ABC):
     schedule: NoiseSchedule
     latent_channels: int
     vae_scale_factor: int
+    pixel_space: bool = False  # the denoiser works on images directly (no VAE; exports ship export/pixel_pipeline.py)
 
     def __init__(self, components: Components, *, uncond_mode: str = "empty_prompt"):
         self.components = components

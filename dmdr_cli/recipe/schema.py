@@ -252,15 +252,38 @@ class TrainSection(Section):
 
 
 class ODERegressionSection(Section):
-    """Optional warm start of a (1-step) student before the cold start, image-free (DMD2 / DMDR SDXL 1-step)."""
+    """Regression onto the teacher's own samples, image-free: a warm start of a (1-step) student before the cold
+    start (DMD2 / DMDR SDXL 1-step), and/or a weighted term in every generator update (DMD's regression loss,
+    CausVid's ODE regression) that keeps a mode-seeking DMD student from dropping what the teacher draws."""
 
     steps: int = Field(0, ge=0, description="Regression steps before generator step 0 (0: off).")
-    pairs: int = Field(1024, ge=1, description="(noise, teacher ODE output) pairs generated from the prompts.")
+    weight: float = Field(
+        0.0, ge=0, description="Weight of the regression term added to the generator loss at every generator update "
+                               "(0: off; the DMDR authors use none). Its rows: a pair's noise at the student's first "
+                               "time, or the pair's teacher sample renoised to a later student time, each regressed "
+                               "onto the teacher's sample. DMD (arXiv 2311.18828) weighs its regression loss 0.25.")
+    pairs: int = Field(1024, ge=1, description="(noise, teacher ODE output) pairs generated from the training prompts.")
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Seed of the pairs' noise and prompts; None: "
+                                                                     "train.seed. Fix it to share one cache across seeds.")
+    cache: Optional[str] = Field(
+        None, description="The pair file (safetensors); None: ode_pairs.safetensors in the run folder. Made once, "
+                          "reused by any run whose teacher, prompts, pairs, seed, teacher steps and CFG match; "
+                          "another run's mismatching file is refused.")
     teacher_steps: int = Field(25, ge=1, le=1000, description="Teacher sampling steps per pair (its own scheduler).")
     cfg: Optional[float] = Field(None, ge=1.0, description="Teacher CFG for the pairs; None: guidance.scale.")
     loss: Literal["mse", "lpips"] = Field("mse", description="mse in the denoiser's space, or LPIPS on decoded images "
                                                              "(needs the lpips package and its weights).")
     lr: Optional[float] = Field(None, gt=0, description="Learning rate; None: train.lr_generator.")
+
+
+class EMASection(Section):
+    """An exponential moving average of the generator (opt-in; the DMDR authors use none). When on, validation,
+    sample grids, end-of-run reports, `dmdr sample`, `dmdr evaluate` and `dmdr export` use the averaged weights;
+    checkpoints hold both, and `--resume` continues both exactly."""
+
+    decay: float = Field(0.0, ge=0, lt=1, description="EMA decay per generator update (0: off). Self-Forcing: 0.99.")
+    start_step: int = Field(0, ge=0, description="Generator step from which the average starts (before it, the EMA "
+                                                 "is the live weights). Self-Forcing: 200.")
 
 
 class SampleSection(Section):
@@ -371,6 +394,12 @@ class WorldRewardSection(Section):
 
 
 class WorldSection(Section):
+    validation_per_task: int = Field(
+        20, ge=1, le=80, description="Training-time validation of a world run: GenEval-style prompts per task from "
+                                     "builtin:world-val, 1 image each (80: every prompt of the smallest task). 20 has "
+                                     "a standard error of about 0.04 on world-GenEval; 80 about 0.02 (docs/results.md).")
+    validation_dense_items: int = Field(12, ge=1, le=200, description="Dense items (x 4 tiles) of the world run's "
+                                                                      "validation, from builtin:world-val.")
     teacher: WorldTeacherSection = Field(default_factory=WorldTeacherSection,
                                          description="Training the built-in world's teacher.")
     reward: WorldRewardSection = Field(default_factory=WorldRewardSection,
@@ -390,7 +419,8 @@ class Recipe(Section):
     data: DataSection = Field(default_factory=DataSection, description="Prompts (and real images for the opt-in GAN term).")
     train: TrainSection = Field(default_factory=TrainSection, description="Optimisation and run machinery.")
     ode_regression: ODERegressionSection = Field(default_factory=ODERegressionSection,
-                                                 description="Optional ODE-regression warm start of the student.")
+                                                 description="Regression onto teacher samples: warm start and/or term.")
+    ema: EMASection = Field(default_factory=EMASection, description="Generator EMA (opt-in).")
     sample: SampleSection = Field(default_factory=SampleSection, description="Defaults for `dmdr sample`.")
     output: OutputSection = Field(default_factory=OutputSection, description="Where results go.")
     world: WorldSection = Field(default_factory=WorldSection, description="The built-in shapes world: its teacher and reward (dmdr world ...).")

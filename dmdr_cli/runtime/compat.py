@@ -25,7 +25,7 @@ STRUCTURE_KEYS = ("model.family", "student.finetune", "student.lora_rank", "stud
 # batch counts as one number, the global batch: noise and prompts are keyed by global sample index, so
 # 2 processes x batch 1 resume exactly as 1 process x batch 2 (tests/engines/test_sharding.py).
 RESUME_KEYS = ("student.steps", "student.timesteps", "student.sampler", "train.seed",
-               "dmd.fake_updates_per_generator_update")
+               "dmd.fake_updates_per_generator_update", "ema.decay", "ema.start_step", "ode_regression.weight")
 BATCH_KEYS = ("train.batch_size", "train.gradient_accumulation")
 
 # The opt-in GAN term's keys break exact resume too, but only where a run has the term, before or after.
@@ -106,6 +106,19 @@ def _get(data: dict | None, dotted: str):
     return node
 
 
+def _default(dotted: str):
+    """A recipe key's schema default (None where it has none)."""
+    from ..recipe.schema import Recipe
+
+    model, value = Recipe, None
+    for part in dotted.split("."):
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model, value = field.annotation, field.get_default(call_default_factory=True)
+    return value
+
+
 def recipe_differences(saved: dict | None, cfg, keys: tuple[str, ...]) -> list[str]:
     """`key: checkpoint value -> run value` for each of `keys` that differs."""
     if saved is None:
@@ -122,6 +135,8 @@ def recipe_differences(saved: dict | None, cfg, keys: tuple[str, ...]) -> list[s
         if key in GAN_RESUME_KEYS and not (_get(run, "gan.weight") or _get(saved, "gan.weight")):
             continue  # GAN settings of runs without the GAN term mean nothing
         a, b = _get(saved, key), _get(run, key)
+        if a is None and b == _default(key):
+            continue  # a checkpoint written before the key existed ran at its default
         if a != b:
             out.append(f"{key} {_show(a)} -> {_show(b)}")
     return out

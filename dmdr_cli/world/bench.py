@@ -85,13 +85,14 @@ def evaluation_entries(size: int) -> list[dict]:
     return _with_units(geneval, EVAL_IMAGES_PER_PROMPT, dense)
 
 
-def validation_entries(size: int) -> list[dict]:
-    """The validation set, a subset of builtin:world-val: its first 20 GenEval-style prompts of each task
-    x 1 image, then its first 12 dense items x 4 tiles (168 images). Knobs are chosen on these."""
+def validation_entries(size: int, per_task: int = VAL_PER_TASK, dense_items: int = VAL_DPG_ITEMS) -> list[dict]:
+    """The validation set, a subset of builtin:world-val: its first `per_task` GenEval-style prompts of each
+    task x 1 image, then its first `dense_items` dense items x 4 tiles (168 images by default). Knobs are
+    chosen on these."""
     size = _prompt_size(size)
     pool = generate_prompts(VAL_GENEVAL, seed=VAL_SEED, size=size)
-    geneval = [m for task in TASKS for m in [r for r in pool if r["tag"] == task][:VAL_PER_TASK]]
-    return _with_units(geneval, 1, world_dpg_items(size, VAL_DPG_ITEMS)[0])
+    geneval = [m for task in TASKS for m in [r for r in pool if r["tag"] == task][:per_task]]
+    return _with_units(geneval, 1, world_dpg_items(size, dense_items)[0])
 
 
 def _prompt_size(size: int) -> int:

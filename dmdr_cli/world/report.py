@@ -116,11 +116,11 @@ def student_metrics(ctx, entries, conds, reward=None) -> tuple[dict, dict, torch
     return metrics, details, images
 
 
-def validation_entries(resolution: int) -> list[dict]:
-    """The validation set (builtin:world-val, 168 images), never the evaluation set."""
+def validation_entries(resolution: int, per_task: int = 20, dense_items: int = 12) -> list[dict]:
+    """The validation set (builtin:world-val, 168 images by default), never the evaluation set."""
     from .bench import validation_entries as entries
 
-    return entries(resolution)
+    return entries(resolution, per_task, dense_items)
 
 
 def validation_metrics(ctx, entries, conds) -> dict:
@@ -330,7 +330,8 @@ class WorldRunBench:
     name = "world"
 
     def __init__(self, cfg, stage: str):
-        self.validation = validation_entries(cfg.model.resolution)  # never the evaluation set
+        self.validation = validation_entries(cfg.model.resolution, cfg.world.validation_per_task,
+                                             cfg.world.validation_dense_items)  # never the evaluation set
         self.evaluation = eval_entries(cfg.model.resolution) if stage == "distill" else []
         self._validation_conds = None
 

@@ -1,28 +1,24 @@
 """Trained checkpoints for the export tests, each built once per session on demand, and an export helper."""
 
 import pytest
-from trained_students import sdxl_ordered_teacher, train
+from trained_students import STUDENTS, sd3_release_teacher, sdxl_ordered_teacher, train
 
-# name -> (family, teacher fixture, recipe fields); the LoRAs have alpha 12 != rank 4
-STUDENTS = {
-    "sd-full-sde": ("sd", "sd", dict(finetune="full")),
-    "sd-lora-ode": ("sd", "sd", dict(finetune="lora", steps=2, sampler="ode")),
-    "sdxl-lora-sde": ("sdxl", "sdxl", dict(finetune="lora")),
-    "sdxl-full-1step": ("sdxl", "sdxl", dict(finetune="full", steps=1, timesteps=[0.399])),
-    "sdxl-ordered-lora": ("sdxl", "sdxl-ordered", dict(finetune="lora")),
-    "sd3-lora-ode": ("sd3", "sd3", dict(finetune="lora")),
-    "sd3-lora-sde": ("sd3", "sd3", dict(finetune="lora", sampler="sde")),
-    "sd3-full-ode": ("sd3", "sd3", dict(finetune="full", steps=2)),
+# teachers derived from the session's tiny pipelines on first use: name -> (base fixture, builder)
+DERIVED_TEACHERS = {
+    "sdxl-ordered": ("sdxl", sdxl_ordered_teacher),
+    "sd3-medium": ("sd3", lambda base, root: sd3_release_teacher(base, root, "sd3-medium")),
+    "sd35-large": ("sd3", lambda base, root: sd3_release_teacher(base, root, "sd35-large", qk_norm="rms_norm")),
 }
 
 
 @pytest.fixture(scope="session")
-def teachers(tiny_sd, tiny_sdxl, tiny_sd3, tmp_path_factory):
-    folders = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3}
+def teachers(tiny_sd, tiny_sdxl, tiny_sd3, tiny_sd_pixel, tmp_path_factory):
+    folders = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "world": tiny_sd_pixel}
 
     def get(name):
-        if name == "sdxl-ordered" and name not in folders:
-            folders[name] = sdxl_ordered_teacher(tiny_sdxl, tmp_path_factory.mktemp("teachers"))
+        if name not in folders:
+            base, build = DERIVED_TEACHERS[name]
+            folders[name] = build(folders[base], tmp_path_factory.mktemp("teachers"))
         return folders[name]
 
     return get

@@ -48,13 +48,23 @@ def test_a_run_without_checkpoint_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+PIXEL_SPACE = "is a pixel-space model (no VAE): single-file checkpoints and ComfyUI hold latent-diffusion models; " \
+              "use --format diffusers (a folder with its own pixel-space pipeline) or safetensors (LoRAs: lora too)"
+
+
 @pytest.mark.parametrize("name, options, phrase", [
     ("sd-full-sde", ["--format", "lora"], "holds a full fine-tune of the denoiser, not a LoRA"),
-    ("sd-full-sde", ["--format", "comfyui"], "holds a full fine-tune of the denoiser, not a LoRA"),
-    ("sd-lora-ode", ["--format", "comfyui"], "--format comfyui covers the sdxl and sd3 families, not sd"),
+    ("sd-lora-ode", ["--format", "comfyui"], "--format comfyui covers the sdxl and sd3 families, not sd, for LoRAs"),
     ("sd-lora-ode", ["--format", "diffusers", "--no-merge-lora"], "needs the full denoiser weights"),
+    ("sd-lora-ode", ["--format", "single-file", "--no-merge-lora"], "a single-file checkpoint needs the full denoiser"),
+    ("sd-full-sde", ["--format", "comfyui", "--no-merge-lora"], "nothing to keep unmerged"),
     ("sd-lora-ode", ["--format", "lora", "--merge-lora"], "--merge-lora does not apply to --format lora"),
     ("sd-full-sde", ["--format", "safetensors", "--reference-components"], "apply to --format diffusers only"),
+    ("sd-full-sde", ["--format", "safetensors", "--denoiser-only"], "--denoiser-only applies to single-file"),
+    ("sdxl-lora-sde", ["--format", "comfyui", "--denoiser-only"], "--denoiser-only applies to single-file"),
+    ("world-full-sde", ["--format", "single-file"], PIXEL_SPACE),
+    ("world-full-sde", ["--format", "comfyui"], PIXEL_SPACE),
+    ("world-lora-ode", ["--format", "comfyui"], PIXEL_SPACE),
 ])
 def test_a_format_the_generator_or_family_cannot_give_is_refused(trained, tmp_path, name, options, phrase):
     result, output = dmdr("export", trained(name).run, *options, "--out", tmp_path / "out")

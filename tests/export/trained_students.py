@@ -24,6 +24,23 @@ STEP = 120
 PROMPTS = ["a red cat", "two blue cubes on the left of a dog"]
 NOISE_SEED, STEP_NOISE_SEED = 3, 11
 
+# name -> (family, teacher fixture, recipe fields); the LoRAs have alpha 12 != rank 4
+STUDENTS = {
+    "sd-full-sde": ("sd", "sd", dict(finetune="full")),
+    "sd-lora-ode": ("sd", "sd", dict(finetune="lora", steps=2, sampler="ode")),
+    "sdxl-lora-sde": ("sdxl", "sdxl", dict(finetune="lora")),
+    "sdxl-full-1step": ("sdxl", "sdxl", dict(finetune="full", steps=1, timesteps=[0.399])),
+    "sdxl-ordered-lora": ("sdxl", "sdxl-ordered", dict(finetune="lora")),
+    "sdxl-ordered-full": ("sdxl", "sdxl-ordered", dict(finetune="full")),
+    "sd3-lora-ode": ("sd3", "sd3", dict(finetune="lora")),
+    "sd3-lora-sde": ("sd3", "sd3", dict(finetune="lora", sampler="sde")),
+    "sd3-full-ode": ("sd3", "sd3", dict(finetune="full", steps=2)),
+    "sd3m-full": ("sd3", "sd3-medium", dict(finetune="full")),
+    "sd35l-lora": ("sd3", "sd35-large", dict(finetune="lora", sampler="sde")),
+    "world-full-sde": ("sd", "world", dict(finetune="full")),
+    "world-lora-ode": ("sd", "world", dict(finetune="lora", steps=2, sampler="ode")),
+}
+
 
 @dataclass
 class Trained:
@@ -91,19 +108,44 @@ def train(run: Path, family_name: str, teacher: Path, *, seed: int = 0, **recipe
 
 
 def sdxl_ordered_teacher(tiny_sdxl: Path, root: Path) -> Path:
-    """The tiny SDXL pipeline with SDXL's own block order: the first level without attention, attention before
-    every up-sampler (the fixture's order puts an up-sampler behind a plain up block, which real SDXL never has)."""
+    """The tiny SDXL pipeline shaped like SDXL where the fixture is not: its block order (the first level without
+    attention, attention before every up-sampler; the fixture puts an up-sampler behind a plain up block, which
+    real SDXL never has) and text encoders of different widths (CLIP-L 768 / OpenCLIP-G 1280 in SDXL; 8 / 12
+    here), by which diffusers' single-file reader tells the two apart."""
     import shutil
 
     from diffusers import UNet2DConditionModel
+    from fixtures.tiny_models import clip_text_encoder
 
     folder = root / "sdxl-ordered"
     shutil.copytree(tiny_sdxl, folder)
+    shutil.rmtree(folder / "text_encoder_2")
+    clip_text_encoder(12, projection=8).save_pretrained(folder / "text_encoder_2")
     config = dict(UNet2DConditionModel.load_config(folder / "unet"))
     config.update(down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-                  up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"])
+                  up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], cross_attention_dim=8 + 12)
     torch.manual_seed(6)
     UNet2DConditionModel.from_config(config).save_pretrained(folder / "unet")
+    return folder
+
+
+def sd3_release_teacher(tiny_sd3: Path, root: Path, name: str, **transformer_config) -> Path:
+    """The tiny SD3 pipeline with CLIP-L's text projection the identity, as SD3 / SD3.5 ship it (their single
+    files hold none and readers use the identity), and `transformer_config` changes (SD3.5-Large: qk_norm)."""
+    import shutil
+
+    from diffusers import SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    folder = root / name
+    shutil.copytree(tiny_sd3, folder)
+    clip_l = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder")
+    torch.nn.init.eye_(clip_l.text_projection.weight.data)
+    clip_l.save_pretrained(folder / "text_encoder")
+    if transformer_config:
+        config = {**SD3Transformer2DModel.load_config(folder / "transformer"), **transformer_config}
+        torch.manual_seed(7)
+        SD3Transformer2DModel.from_config(config).save_pretrained(folder / "transformer")
     return folder
 
 

@@ -10,6 +10,7 @@ import torch
 
 from dmdr_cli.dmd import ode_regression
 from dmdr_cli.dmd.ode_regression import make_pairs, shard
+from dmdr_cli.data.prompts import prompt_index
 from dmdr_cli.dmd.randomness import keyed_generator
 from dmdr_cli.recipe import validate
 
@@ -74,6 +75,8 @@ def test_each_process_makes_only_its_shard_and_only_the_main_process_writes(tmp_
         torch.testing.assert_close(torch.cat(sampled), torch.stack(mine))
         assert dist.counts == [[3, 2]] * 3 and dist.barriers == 1
         torch.testing.assert_close(pairs["noise"][expected[rank].start:expected[rank].stop], torch.stack(mine))
-        assert pairs["prompt_index"].tolist()[expected[rank].start:expected[rank].stop] == [i % 3 for i in expected[rank]]
+        # pair i takes the training order's prompt i (a seeded permutation per epoch of the 3 prompts)
+        assert pairs["prompt_index"].tolist()[expected[rank].start:expected[rank].stop] == \
+            [prompt_index(i, 3, 7) for i in expected[rank]]
         assert cache.is_file() == (rank == 0)
     assert not [p.name for p in tmp_path.rglob("*tmp*")], "no temporary file left behind"
