@@ -34,12 +34,7 @@ register_builtin("demo", _demo)
 def read_prompts(spec: str) -> list[str]:
     """`builtin:NAME` or a UTF-8 text file with one prompt per line (blank lines skipped)."""
     if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1]
-        builtin_plugins.load("prompts")
-        if name not in BUILTIN:
-            raise DmdrError(f"unknown built-in prompt set {spec!r}: choose one of "
-                            f"{', '.join('builtin:' + n for n in sorted(BUILTIN))} or give a text file")
-        return BUILTIN[name]()
+        return builtin_plugins.lookup(spec, BUILTIN, "prompts", "prompt set", "give a text file")()
     path = Path(spec)
     if not os.path.lexists(path):
         raise DmdrError(f"prompt file {spec!r} does not exist: give a text file with one prompt per line, "

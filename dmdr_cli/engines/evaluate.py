@@ -24,6 +24,7 @@ from rich.table import Table
 
 from .. import __version__
 from ..errors import DmdrError
+from ..data.images import IMAGE_SUFFIXES
 from ..runtime import files
 from ..evaluate import report as reports
 from ..evaluate import domains, sample_sets
@@ -32,7 +33,6 @@ from ..runtime.distributed import Dist
 from .sample import SampleOptions, run_sample
 
 BENCHES = ("scores", "geneval", "dpg")  # and the domains' own (evaluate/domains.py)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass
@@ -102,8 +102,6 @@ def _images_subject(images: Path, options: EvaluateOptions) -> Subject:
 def check_image_folder(folder: Path) -> None:
     """Before any judge loads: samples.jsonl (when there) parses and lists files that exist, and every image in the
     folder decodes far enough to be verified (a corrupt, empty or truncated PNG is one line, not a traceback)."""
-    from PIL import Image
-
     fix = "re-run `dmdr sample` into the folder to redraw it, or delete it"
     if (folder / sample_sets.SAMPLES_FILE).exists():
         for row in sample_sets.read_samples_jsonl(folder):
@@ -112,12 +110,7 @@ def check_image_folder(folder: Path) -> None:
                 raise DmdrError(f"{folder / sample_sets.SAMPLES_FILE} lists {row['file']}, which is not in {folder}: "
                                 f"{fix}")
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except Exception as err:  # PIL raises many kinds (OSError, SyntaxError, ValueError, struct.error)
-            detail = "it is empty" if path.stat().st_size == 0 else files.reason(err)
-            raise DmdrError(f"image {path} is not a readable image ({detail}): {fix}") from None
+        files.check_image(path, "image", fix)
 
 
 def default_report_dir(model: str | None, images: Path | None) -> Path:

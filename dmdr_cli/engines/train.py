@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from ..data.images import open_images
 from ..data.prompts import prompt_index, read_prompts
 from ..errors import DmdrError
 from ..recipe import Recipe, to_yaml
@@ -25,6 +26,7 @@ from ..runtime.precision import (autocast_dtype, frozen_dtype, is_sharded, make_
                                  parameter_owners, setup_backends)
 from ..runtime import compat
 from ..runtime.rundir import RunFolder, is_done, mark_done
+from ..dmd.gan import GanTerm
 from ..dmd.ema import GeneratorEMA, averaged
 from ..dmd.networks import build_networks
 from ..dmd.ode_regression import cache_path, make_pairs, pair_seed, regression_loss, term_loss
@@ -88,6 +90,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     prompts = read_prompts(cfg.data.prompts)
     val_prompts = (read_prompts(cfg.data.validation_prompts) if cfg.data.validation_prompts else prompts)
     val_prompts = val_prompts[: cfg.data.num_validation]
+    real_images = open_images(cfg.data.images, cfg.model.resolution, cfg.train.seed) if cfg.gan.weight > 0 else None
     run = RunFolder(Path(cfg.output.dir), resume=resume is not None)
     resume_from = ckpt.resolve_checkpoint(resume, run.path) if resume else None
     # the checkpoint to load, against the recipe, from its own recipe.yaml, state.json and tensor headers
@@ -110,7 +113,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     from ..evaluate import plugins
 
     benches = plugins.run_benches(cfg, stage)  # their validation metrics and end-of-run reports
-    all_prompts = sorted(set(prompts) | set(val_prompts) | set(plugins.bench_prompts(benches)))
+    all_prompts = sorted(set(prompts) | set(val_prompts) | set(plugins.bench_prompts(benches))
+                         | set(real_images.captions() if real_images is not None else []))
     with console.status("encoding prompts") if dist.is_main else contextlib.nullcontext():
         conds = encode_all(family, all_prompts, device)
         uncond = family.unconditional()
@@ -166,6 +170,11 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                       amp_dtype=autocast_dtype(cfg.train.mixed_precision, device),
                       student_times=family.times_for(cfg.student),
                       sampler=sampler, uncond=uncond.to(device))
+    gan = None
+    if real_images is not None:  # the GAN term (gan section): its head, after the networks it reads
+        gan = GanTerm(ctx, real_images, lambda texts: conds[[index_of[t] for t in texts]], dist)
+        if loaded is not None:
+            gan.restore(loaded.path, "--resume" if resume_from is not None else "--init", resume_from is not None)
 
     # ---- the run folder is created only now: bad input above leaves nothing behind ----------------
     fault_point("before-run-open")
@@ -180,6 +189,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             console.print(f"[yellow]resuming with a changed recipe (--allow-recipe-change): {'; '.join(recipe_changes)}[/]")
         guard_g = NonFiniteGuard(cfg.train.max_nonfinite_steps)
         guard_f = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+        guard_gan = NonFiniteGuard(cfg.train.max_nonfinite_steps)
         K = cfg.dmd.fake_updates_per_generator_update
         A = cfg.train.gradient_accumulation
         B = cfg.train.batch_size
@@ -194,7 +204,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             return ids, texts, cond
 
         def save(k: int):
-            optimizers = {"generator": opt_g, "fake": opt_f}
+            optimizers = {"generator": opt_g, "fake": opt_f, **({"gan_head": gan.opt} if gan is not None else {})}
             sharded = {name: opt for name, opt in optimizers.items() if is_sharded(opt)}
             partial = None
             if sharded:  # every rank writes its own optimizer shard, in parallel, into the folder being written
@@ -212,6 +222,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                         tensors["generator_ema"] = nets.generator_state()
                 if rl_branch is not None and rl_branch.state():
                     tensors["rl_reference"] = rl_branch.state()
+                if gan is not None:
+                    tensors["gan_head"] = gan.state()
                 ckpt.save_checkpoint(run.path, k, recipe_yaml=to_yaml(cfg),
                                      state=run_state(cfg, stage, nets, dist.world_size), tensors=tensors,
                                      optimizers=optimizers, keep=cfg.train.keep_checkpoints, fault_hook=fault_point,
@@ -242,6 +254,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     loss = loss + cfg.rl.weight * loss_rl
                     stats.update(rl_stats)
                     stats["rl_loss"] = loss_rl.detach()
+                if gan is not None:
+                    loss_gan, gan_stats = gan.generator_loss(ctx, x0_g, cond, rng)
+                    loss = loss + cfg.gan.weight * loss_gan
+                    stats.update(gan_stats)
                 nets.as_generator()
                 if micro == A - 1:
                     reducer_g.arm()  # this backward completes the generator's gradients: reduce during it
@@ -249,11 +265,17 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 stats.update(dmd_stats)
                 stats["dmd_loss"] = loss_dmd.detach()
                 stats["generator_loss"] = loss.detach()
+            head_loss = 0.0
+            if gan is not None:  # before the fake pass: a checkpointed backward recomputes with the live adapter
+                head_loss, head_stats = gan.head_loss(ctx, x0_g, cond, ids, rng)
+                stats.update(head_stats)
+                if micro == A - 1:
+                    gan.reducer.arm()
             diagnose = gen_turn and micro == A - 1 and logged(k + 1)  # the teacher's loss too, on logged steps only
             fake_loss = inject_nan("fake", fake_score_step_loss(ctx, x0_g, cond, rng, k, stats if diagnose else None), k)
             if micro == A - 1:
                 reducer_f.arm()
-            (fake_loss / A).backward()
+            ((fake_loss + head_loss) / A).backward()
             fake_losses.append(fake_loss.detach())
 
         val_cond = conds[[index_of[p] for p in val_prompts]]
@@ -297,6 +319,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 for opt, lr in zip((opt_g, opt_f), (stats["lr_generator"], stats["lr_guidance"])):
                     for group in opt.param_groups:
                         group["lr"] = lr
+                if gan is not None:
+                    gan.set_step(cfg, k)
                 fake_losses = []
                 for inner in range(K):
                     gen_turn = inner == K - 1  # the fake score is freshest right before the generator update
@@ -319,6 +343,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     ok, norm = apply_update(nets.fake_params, opt_f, cfg.train.grad_clip, reducer_f, guard_f,
                                             "fake-score", fake_losses[-1])
                     stats["fake_grad_norm"] = norm
+                    if gan is not None:
+                        apply_update(gan.params, gan.opt, cfg.train.grad_clip, gan.reducer, guard_gan, "GAN head",
+                                     stats["gan_head_loss"])
                     fault_point("after-optimizer-step")
                 k += 1
                 if ema is not None:

@@ -174,6 +174,16 @@ class Family(ABC):
         mixed = uncond_out + guidance.scale * (cond_out - uncond_out)
         return self.schedule.to_x0(mixed, x_t.float(), t)
 
+    # ---- bottleneck features (the GAN term's discriminator reads them) ---------------------------
+    @abstractmethod
+    def bottleneck(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The submodule of the denoiser `net` whose output is its bottleneck (DMD2's classifier input)."""
+        ...
+
+    def bottleneck_map(self, output) -> torch.Tensor:
+        """That submodule's output as a [B, C, h, w] feature map (a UNet block's output already is one)."""
+        return output
+
     # ---- students -------------------------------------------------------------------------------
     @abstractmethod
     def student_times(self, n_steps: int, override: list[float] | None = None, *,

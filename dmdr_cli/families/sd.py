@@ -82,6 +82,10 @@ class UNetFamily(Family):
         return net(x_t.to(dtype), timestep, encoder_hidden_states=cond["text"].to(x_t.device, dtype),
                    added_cond_kwargs=self._added_cond_kwargs(cond, x_t.device, dtype), return_dict=False)[0]
 
+    def bottleneck(self, net):
+        """The mid block, at the lowest resolution (DMD2's classifier reads its output)."""
+        return net.mid_block
+
     # ---- students -------------------------------------------------------------------------------
     def student_times(self, n_steps, override=None, *, shift=None):
         """DMD2: [999, 749, 499, 249] / 1000 for 4 steps, [0.999] for 1 (SDXL 1-step recipes say [0.399]).

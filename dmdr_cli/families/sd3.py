@@ -8,6 +8,8 @@ does); pooled = both CLIP projections concatenated. Time: sigma = t, model times
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -82,6 +84,20 @@ class SD3Family(Family):
         return net(hidden_states=x_t.to(dtype), timestep=timestep,
                    encoder_hidden_states=cond["text"].to(x_t.device, dtype),
                    pooled_projections=cond["pooled"].to(x_t.device, dtype), return_dict=False)[0]
+
+    def bottleneck(self, net):
+        """The last block of the first half: an MMDiT never downsamples, so the middle of its depth stands in."""
+        blocks = net.transformer_blocks
+        return blocks[max(len(blocks) // 2 - 1, 0)]
+
+    def bottleneck_map(self, output):
+        """A joint block returns (text tokens, image tokens); the image tokens [B, h*w, D] (row-major patches of a
+        square latent) become a [B, D, h, w] map."""
+        tokens = output[1]
+        side = math.isqrt(tokens.shape[1])
+        if side * side != tokens.shape[1]:
+            raise ValueError(f"{tokens.shape[1]} image tokens do not form a square grid")
+        return tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)
 
     # ---- students -------------------------------------------------------------------------------
     def student_times(self, n_steps, override=None, *, shift=None):

@@ -266,7 +266,7 @@ def load_checkpoint(path: Path) -> dict:
                 out["tensors"][f.stem] = load_file(str(f))
         for f in path.glob("optim_*.json"):
             if ".rank" not in f.stem:
-                out["optim"][f.stem[len("optim_"):]] = _optimizer_files(path, f.stem)
+                out["optim"][f.stem[len("optim_"):]] = optimizer_files(path, f.stem)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:  # a damaged copy (JSONDecodeError: ValueError)
         raise DmdrError(f"checkpoint {path} is damaged ({_first_line(err)}): resume or export from another "
                         f"checkpoint of the run") from None
@@ -277,7 +277,7 @@ def load_checkpoint(path: Path) -> dict:
     return out
 
 
-def _optimizer_files(path: Path, stem: str) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_files(path: Path, stem: str) -> tuple[dict[str, torch.Tensor], dict]:
     """One optimizer's (tensors, meta) as optimizer_from_files takes them: from its one file, or reassembled
     from the shards its ranks wrote (a consolidated state dict, loadable by any number of processes)."""
     meta = json.loads((path / f"{stem}.json").read_text())

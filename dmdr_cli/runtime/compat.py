@@ -28,6 +28,9 @@ RESUME_KEYS = ("student.steps", "student.timesteps", "student.sampler", "train.s
                "dmd.fake_updates_per_generator_update", "ema.decay", "ema.start_step", "ode_regression.weight")
 BATCH_KEYS = ("train.batch_size", "train.gradient_accumulation")
 
+# The opt-in GAN term's keys break exact resume too, but only where a run has the term, before or after.
+GAN_RESUME_KEYS = ("gan.weight", "gan.features", "gan.t_min", "gan.t_max", "data.images")
+
 
 @dataclass
 class CheckpointInfo:
@@ -129,6 +132,8 @@ def recipe_differences(saved: dict | None, cfg, keys: tuple[str, ...]) -> list[s
         if key.startswith("guidance.lora") and _get(run, "guidance.layout") == "dmd2" \
                 and _get(saved, "guidance.layout") == "dmd2":
             continue
+        if key in GAN_RESUME_KEYS and not (_get(run, "gan.weight") or _get(saved, "gan.weight")):
+            continue  # GAN settings of runs without the GAN term mean nothing
         a, b = _get(saved, key), _get(run, key)
         if a is None and b == _default(key):
             continue  # a checkpoint written before the key existed ran at its default
@@ -178,7 +183,8 @@ def check_against_recipe(info: CheckpointInfo, cfg, *, mode: str, allow_change: 
                         f"values, or start without {flag}")
     if mode != "resume":
         return []
-    changed = recipe_differences(info.recipe, cfg, RESUME_KEYS) + global_batch_change(info, cfg, processes)
+    changed = (recipe_differences(info.recipe, cfg, RESUME_KEYS + GAN_RESUME_KEYS)
+               + global_batch_change(info, cfg, processes))
     if changed and not allow_change:
         raise DmdrError(f"--resume {info.path}: the recipe changed keys that break exact resume ({'; '.join(changed)}):"
                         f" restore them, or pass --allow-recipe-change to continue anyway (recorded in the log)")

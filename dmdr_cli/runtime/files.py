@@ -140,6 +140,23 @@ def open_image(path: Path | str, what: str = "image", fix: str = "replace or del
         raise DmdrError(f"{_label(what, path)} is not a readable image ({detail}): {fix}") from None
 
 
+def check_image(path: Path | str, what: str = "image", fix: str = "replace or delete it") -> None:
+    """An image PIL identifies and verifies (header, and chunk checksums where the format has them) without
+    decoding its pixels: a cheap check of many files before anything loads; one line if it fails."""
+    from PIL import Image
+
+    path = Path(path)
+    _check_regular(path, what, fix)
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as err:  # PIL raises many kinds (OSError, SyntaxError, ValueError, struct.error)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise DmdrError(f"{_label(what, path)} cannot be read ({reason(err)}): {fix}") from None
+        detail = "it is empty" if _size(path) == 0 else reason(err)
+        raise DmdrError(f"{_label(what, path)} is not a readable image ({detail}): {fix}") from None
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size

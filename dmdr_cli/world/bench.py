@@ -201,12 +201,13 @@ def dpg_summary(report: DpgReport) -> dict:
 
 def reference_renders(entries: Sequence[dict], size: int, seed: int = 0) -> list[np.ndarray]:
     """A real render for each entry (GenEval metadata or a dense item): entry i from default_rng([seed, i])."""
-    renders = []
-    for i, entry in enumerate(entries):
-        rng = np.random.default_rng([seed, i])
-        render = render_dense if "questions" in entry else render_for
-        renders.append(render(entry, rng, size)[0])
-    return renders
+    return [render_entry(entry, np.random.default_rng([seed, i]), size) for i, entry in enumerate(entries)]
+
+
+def render_entry(entry: dict, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random scene (size x size x 3 uint8) that satisfies GenEval metadata or a dense item."""
+    render = render_dense if "questions" in entry else render_for
+    return render(entry, rng, size)[0]
 
 
 def distance_summary(images: Sequence[np.ndarray], entries: Sequence[dict], seed: int = 0) -> dict:
