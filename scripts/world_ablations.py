@@ -123,6 +123,9 @@ CANDIDATES = {
     "EMA 0.95 from step 60": (["ema.decay=0.95", "ema.start_step=60"], THREE),
     "regression term 0.25": (["ode_regression.weight=0.25"] + _PAIRS, THREE),
     "regression term 1.0": (["ode_regression.weight=1.0"] + _PAIRS, THREE),
+    # the diagnosis found the reward blind to empty canvases: ReFL on world-clip retrained with null canvases
+    # as negatives (recipes/world/reward-null.yaml); the evaluation's reward column stays the frozen world-clip
+    "ReFL on world-clip with null canvases": (["rl.rewards.0.path=dmdr_cli/world/weights/reward-null"], THREE),
 }
 SETS = {"table": TABLE, "coldstart": COLDSTART, "long": LONG, "knobs": KNOBS, "diagnosis": DIAGNOSIS,
         "candidates": CANDIDATES}

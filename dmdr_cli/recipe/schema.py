@@ -377,6 +377,10 @@ class WorldRewardSection(Section):
     text_heads: int = Field(4, ge=1, le=64, description="Text tower attention heads.")
     max_tokens: int = Field(64, ge=16, le=512, description="Prompt length in tokens.")
     dense_fraction: float = Field(0.2, ge=0, le=1, description="Fraction of each batch drawn from dense prompts.")
+    null_fraction: float = Field(
+        0.0, ge=0, le=1, description="Null canvases (background, or one 1-3 px speck) added per batch, as a fraction "
+                                     "of batch_size: negatives of every prompt, so the reward stops paying for an "
+                                     "empty canvas (0: none, as the shipped world-clip was trained).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the weights and the training scenes.")
     threads: int = Field(1, ge=0, le=256, description="CPU threads for torch (0: torch's default).")
     log_every: int = Field(10, ge=1, le=100_000, description="Steps between JSONL log lines.")

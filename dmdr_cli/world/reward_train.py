@@ -8,6 +8,11 @@ taken over the batch's distinct prompts, and an image of a prompt is never a neg
 Images are lightly degraded during training (a random share of a 3x3 blur plus Gaussian noise), since
 the reward will judge model samples, which are never as crisp as renders.
 
+`null_fraction` > 0 adds canvases that show nothing a prompt asks for (the bare background, or one speck
+of 1-3 px) to every batch as negatives of every prompt (text -> image direction only: they have no prompt
+of their own). Without them world-clip never sees an empty canvas and pays for one about as much as for
+the object (docs/results.md, "Training longer"): a student can then drop its objects without losing reward.
+
 The folder written to `world.reward.out` holds config.json (with the default hinge margin),
 model.safetensors, tokenizer/, probe.json (blind spots, reward_probe.py), train_log.jsonl and recipe.yaml.
 """
@@ -34,7 +39,7 @@ from .builtin_prompts import VAL_SEED
 from .prompts import generate_prompts, render_for
 from .reward_model import WorldClip, WorldClipConfig
 from .reward_probe import probe_all
-from .scene import check_size
+from .scene import BACKGROUND, PALETTE, check_size
 from .teacher import dense_pool, derived_seed, torch_threads, world_batch
 
 MARGIN_PERCENTILE = 90
@@ -51,13 +56,29 @@ def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (mixed + noise * torch.randn(images.shape, generator=generator)).clamp(0, 1)
 
 
+def null_canvases(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """n images in [-1, 1] that show nothing a prompt asks for: the background, half of them with one speck
+    (a palette colour, 1-3 px square, anywhere)."""
+    images = torch.tensor(BACKGROUND, dtype=torch.float32).view(1, 3, 1, 1).repeat(n, 1, size, size)
+    colors = torch.tensor(list(PALETTE.values()), dtype=torch.float32)
+    for i in range(n):
+        if torch.rand((), generator=generator) < 0.5:
+            side = int(torch.randint(1, 4, (), generator=generator))
+            y, x = (int(v) for v in torch.randint(0, size - side + 1, (2,), generator=generator))
+            images[i, :, y:y + side, x:x + side] = colors[int(torch.randint(len(colors), (), generator=generator))].view(3, 1, 1)
+    return images / 127.5 - 1
+
+
 def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, prompt_index: torch.Tensor,
                      logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE with distinct prompts: image i's positive is text prompt_index[i]; a text's
-    positives are all the images of its prompt (their probabilities summed)."""
+    positives are all the images of its prompt (their probabilities summed). Images past len(prompt_index)
+    are null canvases: negatives of every text, in the text -> image direction only."""
     logits = logit_scale.exp().clamp(max=100) * F.normalize(image_embeds, dim=-1) @ F.normalize(text_embeds, dim=-1).T
-    image_to_text = F.cross_entropy(logits, prompt_index)
-    positives = F.one_hot(prompt_index, text_embeds.shape[0]).T.bool()  # (texts, images)
+    paired = len(prompt_index)
+    image_to_text = F.cross_entropy(logits[:paired], prompt_index)
+    positives = F.one_hot(prompt_index, text_embeds.shape[0]).T.bool()  # (texts, paired images)
+    positives = F.pad(positives, (0, logits.shape[0] - paired))  # a null canvas is no text's positive
     log_probs = logits.T.log_softmax(dim=1).masked_fill(~positives, -math.inf)
     text_to_image = -log_probs.logsumexp(dim=1).mean()
     return (image_to_text + text_to_image) / 2
@@ -94,6 +115,9 @@ def train_reward(recipe, console: Console | None = None) -> Path:
                     group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
                 images, prompts = world_batch(step, cfg.batch_size, cfg.seed, size, cfg.dense_fraction, dense_items)
                 generator = torch.Generator().manual_seed(derived_seed(cfg.seed, step, 3))
+                n_null = round(cfg.batch_size * cfg.null_fraction)
+                if n_null:
+                    images = torch.cat([images, null_canvases(n_null, size, generator)])
                 pixels = degrade((images + 1) / 2, generator) * 2 - 1
                 distinct = list(dict.fromkeys(prompts))
                 prompt_index = torch.tensor([distinct.index(p) for p in prompts])
@@ -117,6 +141,7 @@ def train_reward(recipe, console: Console | None = None) -> Path:
         (partial / "recipe.yaml").write_text(to_yaml(recipe))
         if cfg.probe_prompts:
             probes = probe_all(_score_matrix(model), cfg.probe_prompts, size, seed=VAL_SEED)
+            probes["null_canvas"] = null_probe(model, cfg.probe_prompts, size, seed=VAL_SEED)
             (partial / "probe.json").write_text(json.dumps(probes, indent=1) + "\n")
             _print_probes(probes, model.config.default_margin, console)
         _replace(partial, out)
@@ -134,6 +159,22 @@ def default_margin(model: WorldClip, size: int, seed: int, n: int = 512) -> floa
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     scores = model.paired_cosine(pixels, [m["prompt"] for m in metadata]).numpy()
     return math.ceil(float(np.percentile(scores, MARGIN_PERCENTILE)) * 100) / 100
+
+
+@torch.no_grad()
+def null_probe(model: WorldClip, n: int, size: int, seed: int) -> dict:
+    """How often a held-out prompt's clean render outscores two null canvases (the bare background and a
+    speck) for that prompt, over n single-object prompts: 1.0 when the reward never pays more for showing
+    nothing, 1/3 by chance."""
+    metadata = generate_prompts(n, seed=seed, size=size, tasks=["single_object"])
+    rng = np.random.default_rng(seed)
+    renders = torch.from_numpy(np.stack([render_for(m, rng, size)[0] for m in metadata])).permute(0, 3, 1, 2).float()
+    renders = renders / 127.5 - 1
+    prompts = [m["prompt"] for m in metadata]
+    blank = null_canvases(n, size, torch.Generator().manual_seed(seed))  # half of these carry a speck
+    scores = torch.stack([model.paired_cosine(images, prompts) for images in (renders, blank, blank.roll(1, 0))])
+    return {"accuracy": float((scores.argmax(0) == 0).float().mean()), "chance": 1 / 3, "n": n,
+            "render_cosine": float(scores[0].mean()), "null_cosine": float(scores[1:].mean())}
 
 
 def _score_matrix(model: WorldClip):

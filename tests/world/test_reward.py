@@ -20,7 +20,7 @@ from dmdr_cli.world.prompts import task_pool
 from dmdr_cli.world.reward import WorldClipReward
 from dmdr_cli.world.reward_model import WorldClip, WorldClipConfig
 from dmdr_cli.world.reward_probe import distractor_includes
-from dmdr_cli.world.reward_train import contrastive_loss, degrade
+from dmdr_cli.world.reward_train import contrastive_loss, degrade, null_canvases
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes/world/reward.yaml"
@@ -47,6 +47,29 @@ def test_contrastive_loss_matches_its_definition_with_repeated_prompts():
     text_to_image = -(torch.log(text_probs[0, 0] + text_probs[0, 2]) + torch.log(text_probs[1, 1])) / 2
     expected = (image_to_text + text_to_image) / 2
     assert contrastive_loss(images, texts, prompt_index, scale) == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_null_canvas_is_a_negative_of_every_text_and_no_text_s_positive():
+    """One text, its image (logit a) and a null canvas (logit b): image -> text has one class (loss 0), text ->
+    image is -log(e^a / (e^a + e^b)) = softplus(b - a); the symmetric loss is half of it."""
+    text = torch.tensor([[1.0, 0.0]])
+    image, null = torch.tensor([[0.6, 0.8]]), torch.tensor([[0.8, 0.6]])
+    scale = torch.tensor(math.log(10.0))
+    loss = contrastive_loss(torch.cat([image, null]), text, torch.tensor([0]), scale)
+    assert float(loss) == pytest.approx(0.5 * math.log1p(math.exp(10 * 0.8 - 10 * 0.6)), rel=1e-6)
+    assert float(contrastive_loss(image, text, torch.tensor([0]), scale)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_null_canvases_show_the_background_and_at_most_one_small_speck():
+    from dmdr_cli.world.scene import BACKGROUND, PALETTE
+
+    images = null_canvases(40, 24, torch.Generator().manual_seed(0))
+    pixels = ((images + 1) * 127.5).round().permute(0, 2, 3, 1).reshape(40, -1, 3)
+    off = (pixels != torch.tensor(BACKGROUND, dtype=torch.float32)).any(-1)
+    counts = off.sum(1)
+    assert counts.max() <= 9 and 10 <= int((counts == 0).sum()) <= 30  # about half bare, the rest one 1-3 px speck
+    palette = {tuple(float(v) for v in c) for c in PALETTE.values()}
+    assert all(tuple(float(v) for v in px) in palette for px in pixels[off])
 
 
 def test_degrade_keeps_images_in_range_and_changes_them():
