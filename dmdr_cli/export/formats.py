@@ -5,7 +5,7 @@
 - diffusers:   a complete pipeline folder with the student's denoiser and a scheduler that reproduces
   the student's sampler (export/scheduler.py); or, with --reference-components, only those two.
 - lora:        diffusers-format LoRA (`pipe.load_lora_weights(folder)`), with peft adapter metadata.
-- comfyui:     kohya / ComfyUI key layout (export/kohya.py).
+- comfyui:     kohya / ComfyUI key layout (export/kohya.py; FLUX: the BFL modules, export/flux_bfl.py).
 
 Each returns the names of the weight files it wrote, for the model card.
 """
@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..errors import DmdrError
-from .kohya import comfyui_namer, kohya_state_dict
+from .kohya import comfyui_lora
 from .output import inside
 from .scheduler import StudentScheduler, build_scheduler, student_scheduler
 from .student import Student
@@ -114,8 +114,7 @@ def write_lora(folder: Path, student: Student, dtype: torch.dtype) -> list[str]:
 
 def write_comfyui(folder: Path, student: Student, dtype: torch.dtype) -> list[str]:
     lora = student.source.lora
-    namer = comfyui_namer(student.source.recipe.model.family, student.denoiser.config)
-    tensors = kohya_state_dict(student.adapter, namer, lora.alpha, dtype)
+    tensors = comfyui_lora(student.source.recipe.model.family, student.adapter, lora.alpha, dtype, student.denoiser)
     # kohya's own metadata keys, shown by ComfyUI / A1111 metadata viewers
     kohya_meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(lora.rank),
                   "ss_network_alpha": repr(lora.alpha)}

@@ -10,6 +10,8 @@ Naming facts (diffusers' converters go the other way: kohya -> diffusers; this i
 - SD3: diffusers has no kohya converter for SD3; ComfyUI's LoRA key map for SD3 accepts the diffusers
   module path with underscores behind `lora_transformer_` (the OneTrainer layout), which keeps
   diffusers' split q/k/v (ComfyUI applies each to its slice of the fused qkv weight).
+- FLUX: kohya's `lora_unet_` + the original BFL module (`double_blocks_0_img_attn_qkv`), with fused
+  modules' LoRAs fused too (export/flux_bfl.py); diffusers reads these back with its kohya FLUX converter.
 
 The alpha written is the recipe's lora_alpha (diffusers' own kohya writer assumes alpha = rank).
 """
@@ -20,7 +22,8 @@ import torch
 
 from ..errors import DmdrError
 
-COMFYUI_FAMILIES = ("sdxl", "sd3")
+COMFYUI_FAMILIES = ("sdxl", "sd3", "flux")
+DIFFUSERS_READS_KOHYA = ("sdxl", "flux")  # families whose kohya files `load_lora_weights` converts
 
 # diffusers resnet submodule -> sgm ResBlock submodule
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -92,6 +95,18 @@ def sgm_module_name(path: str, blocks: dict[str, str]) -> str | None:
                 return f"{target}.{_RESNET[rest]}" if rest in _RESNET else None
             return f"{target}.{rest}"  # transformer internals keep their names
     return None
+
+
+def comfyui_lora(family: str, adapter: dict[str, torch.Tensor], alpha: float, dtype: torch.dtype,
+                 denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The generator LoRA in the kohya layout ComfyUI reads for `family` (callers refuse other families first)."""
+    if family == "flux":
+        from .flux_bfl import kohya_flux_lora
+
+        widths = {name.removesuffix(".base_layer"): m.out_features for name, m in denoiser.named_modules()
+                  if isinstance(m, torch.nn.Linear)}  # peft wraps each target's Linear as its .base_layer
+        return kohya_flux_lora(adapter, alpha, dtype, widths.__getitem__)
+    return kohya_state_dict(adapter, comfyui_namer(family, denoiser.config), alpha, dtype)
 
 
 def comfyui_namer(family: str, denoiser_config) -> "KeyNamer":

@@ -7,6 +7,7 @@ import math
 
 from .. import __version__
 from .formats import COMFYUI_FILE, generator_kind, scheduler_spec
+from .kohya import DIFFUSERS_READS_KOHYA
 from .scheduler import StudentScheduler
 from .student import Student
 
@@ -40,10 +41,7 @@ def sampling_call(student: Student, spec: StudentScheduler) -> list[str]:
     """The pipeline call that reproduces `dmdr_cli.sampling.sample` (same times, no CFG, same step noise)."""
     res = student.source.recipe.model.resolution
     lines = []
-    args = {"height": res, "width": res, **spec.call, "guidance_scale": 1.0}
-    max_tokens = getattr(student.family, "max_text_tokens", None)
-    if max_tokens is not None:
-        args["max_sequence_length"] = max_tokens
+    args = {"height": res, "width": res, **spec.call, **student.family.pipeline_arguments()}
     if spec.step_noise == "generator":
         lines.append('generator = torch.Generator("cuda").manual_seed(0)  # each step\'s fresh noise')
         call = f"image = pipe(prompt, {_kwargs(args)}, generator=generator).images[0]"
@@ -78,7 +76,7 @@ def _pipeline_lines(student: Student, fmt: str, files: list[str], torch_dtype: s
                 "from safetensors.torch import load_file", "",
                 teacher, f'pipe.{sub}.load_state_dict(load_file("{HERE}/{files[0]}"))', use_student_scheduler,
                 'pipe.to("cuda")']
-    if fmt in ("safetensors", "lora") or (fmt == "comfyui" and family.name == "sdxl"):
+    if fmt in ("safetensors", "lora") or (fmt == "comfyui" and family.name in DIFFUSERS_READS_KOHYA):
         return [f"from diffusers import DiffusionPipeline, {scheduler_cls}", "", teacher,
                 f'pipe.load_lora_weights("{HERE}", weight_name="{files[0]}")',
                 "pipe.fuse_lora()  # optional: merge the LoRA into the weights for speed", use_student_scheduler,
@@ -107,9 +105,12 @@ def comfyui_notes(student: Student, fmt: str, files: list[str]) -> list[str]:
         notes.append("For ComfyUI export with `--format comfyui` (LoRA) or `--format safetensors` (merged weights).")
     sampler = "lcm" if student.sampler == "sde" else "euler"
     steps = len(student.times)
-    notes.append(f"Sampler settings: {steps} step{'s' if steps > 1 else ''}, CFG 1.0 (the student runs without "
-                 f"guidance), sampler `{sampler}`; the student's sigmas, for a custom-sigmas node: "
-                 f"{comfyui_sigmas(student) + [0.0]}.")
+    guidance = "CFG 1.0 (the student runs without guidance)"
+    if student.family.embeds_guidance:
+        guidance = (f"CFG 1.0 and a *FluxGuidance* node at {student.family.pipeline_arguments()['guidance_scale']:g} "
+                    f"(the value the student was trained with)")
+    notes.append(f"Sampler settings: {steps} step{'s' if steps > 1 else ''}, {guidance}, sampler `{sampler}`; the "
+                 f"student's sigmas, for a custom-sigmas node: {comfyui_sigmas(student) + [0.0]}.")
     return notes
 
 
@@ -165,7 +166,7 @@ def model_card(student: Student, *, fmt: str, files: list[str], dtype: str, copi
             lines += ["This folder holds only the student's denoiser and scheduler; the other components come "
                       "from the base model:", ""]
         lines += ["```python", *code, "```", ""]
-        if fmt == "comfyui":
+        if fmt == "comfyui" and family.name == "sdxl":
             lines += ["diffusers reads this kohya-layout file for SDXL UNets whose up-samplers follow attention "
                       "blocks, as in SDXL itself; `--format lora` writes diffusers' own layout.", ""]
     else:

@@ -17,6 +17,7 @@ from typing import Callable, ClassVar
 
 import torch
 
+from ..errors import ModelLoadError
 from .schedules import NoiseSchedule
 
 
@@ -54,7 +55,8 @@ class Cond(dict):
 
 @dataclass
 class Guidance:
-    """Classifier-free guidance: pred = uncond + scale (cond - uncond), computed in x0-space."""
+    """Guidance at `scale`: classifier-free guidance, pred = uncond + scale (cond - uncond) in x0-space; a family whose
+    denoiser embeds a guidance value (FLUX.1-dev) gives it `scale` instead, in one pass."""
 
     scale: float
     uncond: Cond  # batch 1 or the full batch
@@ -100,6 +102,13 @@ class Family(ABC):
     schedule: NoiseSchedule
     latent_channels: int
     vae_scale_factor: int
+    embeds_guidance: bool = False  # the denoiser takes the guidance value as an input (FLUX.1-dev), not CFG
+    guidance_embedding_key: ClassVar[str | None] = None  # the denoiser config flag that says it does
+
+    @classmethod
+    def default_teacher_guidance(cls, embeds_guidance: bool, cfg: float) -> float:
+        """The guidance a bare teacher samples at: `cfg` (dmdr's default CFG) unless the family says otherwise."""
+        return cfg
 
     def __init__(self, components: Components, *, uncond_mode: str = "empty_prompt"):
         self.components = components
@@ -144,6 +153,18 @@ class Family(ABC):
                                f"release_text_encoders() was called); encode prompts before releasing them")
         return self.components.tokenizers, self.components.text_encoders
 
+    def use_guidance_values(self, student: float | None, fake: float | None) -> None:
+        """Recipe student.embedded_guidance / guidance.fake_embedded_guidance: the values a denoiser that embeds
+        guidance is given as the student and as the fake score. A family without such an input refuses them."""
+        if student is not None or fake is not None:
+            raise ModelLoadError(f"{self.components.source} has no guidance embedding ({self.name}): its student and "
+                                 f"fake score run without guidance; remove student.embedded_guidance and "
+                                 f"guidance.fake_embedded_guidance from the recipe")
+
+    def fake_score_cond(self, cond: Cond) -> Cond:
+        """The fake score's conditioning: the student's own, except in the guidance value a denoiser embeds."""
+        return cond
+
     def zero_cond(self, cond: Cond) -> Cond:
         """DMD2's SDXL unconditional: zero text and pooled embeddings (time ids, if any, are kept)."""
         return Cond({k: torch.zeros_like(v) if k in self.zeroable_keys else v for k, v in cond.items()})
@@ -173,6 +194,10 @@ class Family(ABC):
         mixed = uncond_out + guidance.scale * (cond_out - uncond_out)
         return self.schedule.to_x0(mixed, x_t.float(), t)
 
+    def guidance_passes(self, scale: float) -> int:
+        """Denoiser passes per step at guidance `scale` (CFG: cond and uncond)."""
+        return 1 if scale == 1.0 else 2
+
     # ---- students -------------------------------------------------------------------------------
     @abstractmethod
     def student_times(self, n_steps: int, override: list[float] | None = None, *,
@@ -186,6 +211,19 @@ class Family(ABC):
     def times_for(self, student) -> list[float]:
         """Student times from a recipe's `student` section (steps, timesteps, flow_shift)."""
         return self.student_times(student.steps, student.timesteps, shift=getattr(student, "flow_shift", None))
+
+    def renoise_times(self, t: torch.Tensor) -> torch.Tensor:
+        """The renoise sampler's draws on [t_min, t_max] as this family's times: as drawn (DMD2, DMDR); a family
+        trained with a resolution-dependent shift (FLUX) maps them through it."""
+        return t
+
+    def set_teacher_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
+        """Set the teacher's diffusers scheduler to `steps` as the family's pipeline does."""
+        scheduler.set_timesteps(steps, device=latents.device)
+
+    def pipeline_arguments(self) -> dict:
+        """Arguments of the diffusers pipeline call that condition as this adapter does, without CFG."""
+        return {"guidance_scale": 1.0}
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         """(C, H, W) of one sample the denoiser sees at a square `resolution` in pixels."""

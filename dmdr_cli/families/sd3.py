@@ -83,6 +83,9 @@ class SD3Family(Family):
                    encoder_hidden_states=cond["text"].to(x_t.device, dtype),
                    pooled_projections=cond["pooled"].to(x_t.device, dtype), return_dict=False)[0]
 
+    def pipeline_arguments(self):
+        return {"guidance_scale": 1.0, "max_sequence_length": self.max_text_tokens}
+
     # ---- students -------------------------------------------------------------------------------
     def student_times(self, n_steps, override=None, *, shift=None):
         """Shifted flow times (DMDR: shift 3 for SD3-Medium, 5 for SD3.5-Large); default shift: the scheduler's."""
