@@ -51,7 +51,7 @@ def check_request(source: ExportSource, fmt: str, dtype: str, merge_lora: bool |
                         f"or --format diffusers")
     family = source.recipe.model.family
     if fmt == "comfyui" and family not in COMFYUI_FAMILIES:
-        raise DmdrError(f"--format comfyui covers the {' and '.join(COMFYUI_FAMILIES)} families, not {family}: "
+        raise DmdrError(f"--format comfyui covers the {', '.join(COMFYUI_FAMILIES)} families, not {family}: "
                         f"use --format safetensors (merged weights for ComfyUI's Load Diffusion Model node) or "
                         f"--format lora")
     if copy_components is not None and fmt != "diffusers":

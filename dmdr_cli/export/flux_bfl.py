@@ -136,7 +136,8 @@ def kohya_flux_lora(adapter: dict[str, torch.Tensor], alpha: float, dtype: torch
         module_alpha = float(alpha) * len(parts)  # rank grew by the number of parts: keep alpha / rank
         if module == _SWAPPED:
             up = swap_halves(up)
-            # diffusers' kohya reader drops the final layer's alpha (uses 1): fold the scale into up instead
+        if module.startswith("final_layer."):
+            # diffusers' kohya reader drops the final layer's alphas (scale 1): fold the scale into up instead
             up, module_alpha = up * (module_alpha / down.shape[0]), float(down.shape[0])
         name = KOHYA_PREFIX + module.replace(".", "_")
         out[f"{name}.lora_down.weight"] = down.to(dtype).contiguous()

@@ -13,12 +13,17 @@ STUDENTS = {
     "sd3-lora-ode": ("sd3", "sd3", dict(finetune="lora")),
     "sd3-lora-sde": ("sd3", "sd3", dict(finetune="lora", sampler="sde")),
     "sd3-full-ode": ("sd3", "sd3", dict(finetune="full", steps=2)),
+    "sd-lora-sde": ("sd", "sd", dict(finetune="lora")),
+    # the student told 2.5 through the guidance embedding: exports must pass it as guidance_scale
+    "flux-lora-ode": ("flux", "flux", dict(finetune="lora", embedded_guidance=2.5)),
+    "flux-lora-sde": ("flux", "flux", dict(finetune="lora", sampler="sde", steps=2)),
+    "flux-full-ode": ("flux", "flux", dict(finetune="full", steps=2)),
 }
 
 
 @pytest.fixture(scope="session")
-def teachers(tiny_sd, tiny_sdxl, tiny_sd3, tmp_path_factory):
-    folders = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3}
+def teachers(tiny_sd, tiny_sdxl, tiny_sd3, tiny_flux, tmp_path_factory):
+    folders = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "flux": tiny_flux}
 
     def get(name):
         if name == "sdxl-ordered" and name not in folders:

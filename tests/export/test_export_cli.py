@@ -51,7 +51,6 @@ def test_a_run_without_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize("name, options, phrase", [
     ("sd-full-sde", ["--format", "lora"], "holds a full fine-tune of the denoiser, not a LoRA"),
     ("sd-full-sde", ["--format", "comfyui"], "holds a full fine-tune of the denoiser, not a LoRA"),
-    ("sd-lora-ode", ["--format", "comfyui"], "--format comfyui covers the sdxl and sd3 families, not sd"),
     ("sd-lora-ode", ["--format", "diffusers", "--no-merge-lora"], "needs the full denoiser weights"),
     ("sd-lora-ode", ["--format", "lora", "--merge-lora"], "--merge-lora does not apply to --format lora"),
     ("sd-full-sde", ["--format", "safetensors", "--reference-components"], "apply to --format diffusers only"),

@@ -17,6 +17,8 @@ from dmdr_cli.export.scheduler import student_scheduler
     ("sd3-lora-sde", "lora", {}),
     ("sdxl-lora-sde", "diffusers", {"copy_components": False}),
     ("sdxl-ordered-lora", "comfyui", {}),
+    ("flux-lora-ode", "lora", {}),
+    ("flux-full-ode", "safetensors", {}),
 ])
 def test_the_cards_code_samples_like_dmdr(trained, export, name, fmt, options):
     student = trained(name)
