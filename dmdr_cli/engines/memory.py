@@ -1,8 +1,8 @@
 """Estimated peak memory per GPU of a training recipe, before anything loads (`--dry-run` prints it).
 
 Model state is counted exactly, without loading or allocating a weight: from the safetensors headers of a
-local pipeline folder (as the plan's parameter counts), from the known counts of the published SDXL, SD3-Medium,
-SD3.5-Large and FLUX.1 (11.9B) architectures for their hub ids, or else by building the denoiser from its config.json on
+local pipeline folder (as the plan's parameter counts), from the known counts of the published SD1.5, SD2.1, SDXL,
+SD3-Medium, SD3.5-Large and FLUX.1 (11.9B) architectures for their hub ids, or else by building the denoiser from its config.json on
 torch's meta device. The activation scale (width x depth) is read from config.json. Per parameter:
 
     frozen teacher        model.dtype bytes (bf16: 2)
@@ -61,14 +61,22 @@ FLUX_DEV = dict(_class_name="FluxTransformer2DModel", patch_size=1, in_channels=
                 num_single_layers=38, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                 pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[16, 56, 56])
 FLUX_SCHNELL = dict(FLUX_DEV, guidance_embeds=False)
+UNET_SD15 = dict(_class_name="UNet2DConditionModel", sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=[320, 640, 1280, 1280], attention_head_dim=8, cross_attention_dim=768,
+                 down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3)
+UNET_SD21 = dict(UNET_SD15, sample_size=96, attention_head_dim=[5, 10, 20, 20], cross_attention_dim=1024,
+                 use_linear_projection=True, upcast_attention=True)
 KNOWN = {"stable-diffusion-xl": UNET_SDXL, "sdxl": UNET_SDXL, "stable-diffusion-3.5-large": MMDIT_SD35L,
-         "stable-diffusion-3-medium": MMDIT_SD3M, "flux.1-dev": FLUX_DEV, "flux.1-schnell": FLUX_SCHNELL}
+         "stable-diffusion-3-medium": MMDIT_SD3M, "flux.1-dev": FLUX_DEV, "flux.1-schnell": FLUX_SCHNELL,
+         "stable-diffusion-v1-5": UNET_SD15, "stable-diffusion-2-1": UNET_SD21}
 DENOISER_CLASSES = {"sd": "UNet2DConditionModel", "sdxl": "UNet2DConditionModel", "sd3": "SD3Transformer2DModel",
                     "flux": "FluxTransformer2DModel"}
 # their counts (diffusers classes built from those configs on the meta device): parameters, buffers, and LoRA
 # parameters per unit of rank on the family's default targets (a LoRA's size is linear in its rank)
 KNOWN_COUNTS = {id(UNET_SDXL): (2_567_463_684, 0, 3_074_240), id(MMDIT_SD3M): (2_028_328_000, 56_623_104, 586_752),
-                id(MMDIT_SD35L): (8_056_627_520, 89_653_248, 1_473_792)}
+                id(MMDIT_SD35L): (8_056_627_520, 89_653_248, 1_473_792), id(UNET_SD15): (859_520_964, 0, 1_050_816),
+                id(UNET_SD21): (865_910_724, 0, 1_059_008)}
 # FLUX: its generator and guidance LoRAs have different default targets, so both per-rank counts
 KNOWN_FLUX_COUNTS = {id(FLUX_DEV): (11_901_408_320, 3_385_344, 1_634_304),
                      id(FLUX_SCHNELL): (11_891_178_560, 3_385_344, 1_634_304)}
