@@ -141,7 +141,7 @@ def _embeds_guidance(source, family: str) -> bool:
 def _native_resolution(source, family: str) -> int:
     """The pipelines' default size: the denoiser's sample_size times the VAE's scale factor."""
     denoiser = FAMILIES[family].denoiser_subfolder
-    sample_size = source.load_config(denoiser).get("sample_size") or 64
+    sample_size = source.load_config(denoiser).get("sample_size") or FAMILIES[family].default_sample_size
     factor = 1
     if source.has("vae"):
         factor = 2 ** (len(source.load_config("vae").get("block_out_channels", [0])) - 1)

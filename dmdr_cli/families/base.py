@@ -104,6 +104,7 @@ class Family(ABC):
     vae_scale_factor: int
     embeds_guidance: bool = False  # the denoiser takes the guidance value as an input (FLUX.1-dev), not CFG
     guidance_embedding_key: ClassVar[str | None] = None  # the denoiser config flag that says it does
+    default_sample_size: ClassVar[int] = 64  # latent side the pipeline samples at when the config names none
 
     @classmethod
     def default_teacher_guidance(cls, embeds_guidance: bool, cfg: float) -> float:

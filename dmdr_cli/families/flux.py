@@ -92,6 +92,7 @@ class FluxFamily(Family):
     text_components = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
     zeroable_keys = ("text", "pooled")  # the guidance value is an input of the network, not of the prompt
     guidance_embedding_key = "guidance_embeds"
+    default_sample_size = 128  # FluxPipeline.default_sample_size: 1024 px with FLUX.1's VAE
 
     @classmethod
     def default_teacher_guidance(cls, embeds_guidance, cfg):
