@@ -115,10 +115,16 @@ class Plan:
     processes: int
     sharding: str
     notes: list[str] = field(default_factory=list)
+    encoding: float = 0.0  # bytes while prompts are encoded: frozen weights + text encoders, before training state
 
     @property
     def total(self) -> float:
         return sum(self.terms.values())
+
+    @property
+    def peak(self) -> float:
+        """What must fit: training, or the encoding phase before it when that is larger (FLUX's T5-XXL)."""
+        return max(self.total, self.encoding)
 
 
 def _unet_width(config: dict) -> float:
@@ -277,7 +283,11 @@ def estimate(cfg, arch: Architecture, processes: int, sharding: str | None = Non
     if rl == "refl":
         per_image = DECODER[gc] * (TINY_DECODER_FRACTION if cfg.rl.decoder else 1.0)
         terms["activations (ReFL decode)"] = per_image * (cfg.model.resolution / 1024) ** 2 * t.batch_size * GiB
-    return Plan(terms=terms, processes=n, sharding=sharding if shard > 1 else "none", notes=notes)
+    encoding = (arch.params + arch.buffers + arch.vae + TEXT_ENCODER_PARAMS[cfg.model.family]) * frozen
+    if encoding > sum(terms.values()):
+        notes.append(f"while prompts are encoded the text encoders sit next to the teacher: {encoding / GiB:.1f} GiB, "
+                     f"more than training needs (they are released before it)")
+    return Plan(terms=terms, processes=n, sharding=sharding if shard > 1 else "none", notes=notes, encoding=encoding)
 
 
 def knobs(cfg, arch: Architecture, processes: int, budget_gib: float) -> list[tuple[str, float]]:
@@ -310,8 +320,8 @@ def knobs(cfg, arch: Architecture, processes: int, budget_gib: float) -> list[tu
     fits = []
     for label, new, procs in candidates:
         plan = estimate(validate(new), arch, procs)
-        if plan.total / GiB <= budget_gib:
-            fits.append((label, plan.total / GiB))
+        if plan.peak / GiB <= budget_gib:
+            fits.append((label, plan.peak / GiB))
             if label.startswith("train.batch_size"):
                 break  # the largest batch that fits is enough
     if t.sharding == "none" or processes == 1:  # more processes, sharded
@@ -321,14 +331,14 @@ def knobs(cfg, arch: Architecture, processes: int, budget_gib: float) -> list[tu
             new = json.loads(json.dumps(data))
             new["train"]["sharding"] = "optimizer"
             plan = estimate(validate(new), arch, procs)
-            if plan.total / GiB <= budget_gib:
-                fits.append((f"{procs} processes with train.sharding=optimizer", plan.total / GiB))
+            if plan.peak / GiB <= budget_gib:
+                fits.append((f"{procs} processes with train.sharding=optimizer", plan.peak / GiB))
                 break
     elif processes > 1:
         for procs in (processes * 2, processes * 4, processes * 8):
             plan = estimate(cfg, arch, procs)
-            if plan.total / GiB <= budget_gib:
-                fits.append((f"{procs} processes (sharded)", plan.total / GiB))
+            if plan.peak / GiB <= budget_gib:
+                fits.append((f"{procs} processes (sharded)", plan.peak / GiB))
                 break
     return fits
 
@@ -349,7 +359,7 @@ def memory_report(cfg, processes: int, gpu_memory: float | None):
     lines = [f"estimate accuracy: +-{ANCHOR_ERROR:.0%} at the H100 anchors, +-25% on activations away from them; "
              f"CUDA context and fragmentation not included"] + mine.notes
     warnings: list[str] = []
-    total = mine.total / GiB
+    total = mine.peak / GiB
     for size in [gpu_memory] if gpu_memory is not None else GPU_SIZES:  # without --gpu-memory: the common cards
         if total <= size:
             lines.append(f"fits {size:g} GiB: yes ({total:.1f} GiB estimated, {size - total:.1f} to spare)")

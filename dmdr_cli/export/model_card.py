@@ -149,6 +149,8 @@ def model_card(student: Student, *, fmt: str, files: list[str], dtype: str, copi
         f"| base model | {base} ({family.name}, `{family.pipeline_class}`) |",
         f"| checkpoint | generator step {source.step} (`{source.checkpoint}`) |",
         f"| steps | {len(student.times)}, no classifier-free guidance |",
+        *([f"| guidance embedding | told {family.pipeline_arguments()['guidance_scale']:g} (the pipeline's "
+           f"`guidance_scale`), as in training |"] if family.embeds_guidance else []),
         f"| student times t (1 = noise) | {', '.join(f'{t:.6g}' for t in student.times)} |",
         f"| {times_label} | {spec.times!r} |",
         f"| sampler | {_SAMPLERS[student.sampler]} |",

@@ -195,10 +195,6 @@ class Family(ABC):
         mixed = uncond_out + guidance.scale * (cond_out - uncond_out)
         return self.schedule.to_x0(mixed, x_t.float(), t)
 
-    def guidance_passes(self, scale: float) -> int:
-        """Denoiser passes per step at guidance `scale` (CFG: cond and uncond)."""
-        return 1 if scale == 1.0 else 2
-
     # ---- students -------------------------------------------------------------------------------
     @abstractmethod
     def student_times(self, n_steps: int, override: list[float] | None = None, *,

@@ -194,9 +194,6 @@ class FluxFamily(Family):
             return super().predict_x0(net, x_t, t, self.with_guidance_value(cond, guidance.scale))
         return super().predict_x0(net, x_t, t, cond, guidance)
 
-    def guidance_passes(self, scale: float) -> int:
-        return 1 if self.embeds_guidance else super().guidance_passes(scale)
-
     # ---- times ------------------------------------------------------------------------------------
     def student_times(self, n_steps, override=None, *, shift=None):
         """DMDR's flow times with the teacher's shift at model.resolution (or student.flow_shift when given)."""

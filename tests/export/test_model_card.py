@@ -52,3 +52,10 @@ def test_model_card_describes_the_student(trained, tmp_path):
                  "LoraLoaderModelOnly", "sampler `lcm`", "lora_alpha: 12.0"]:
         assert fact in card, fact
     assert "note" not in card.split("## Evaluation")[1].split("## diffusers")[0]
+
+
+def test_a_flux_dev_card_gives_the_students_guidance_value(trained, export):
+    """The student was told 2.5 through its guidance embedding: the card's call and ComfyUI notes say so."""
+    card = (export(trained("flux-lora-ode"), "comfyui") / "README.md").read_text()
+    assert "guidance_scale=2.5, max_sequence_length=8" in card and "| guidance embedding | told 2.5" in card
+    assert "*FluxGuidance* node at 2.5" in card and 'weight_name="comfyui_lora.safetensors"' in card
