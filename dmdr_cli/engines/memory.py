@@ -73,13 +73,13 @@ KNOWN = {"stable-diffusion-xl": UNET_SDXL, "sdxl": UNET_SDXL, "stable-diffusion-
 DENOISER_CLASSES = {"sd": "UNet2DConditionModel", "sdxl": "UNet2DConditionModel", "sd3": "SD3Transformer2DModel",
                     "flux": "FluxTransformer2DModel"}
 # their counts (diffusers classes built from those configs on the meta device): parameters, buffers, and LoRA
-# parameters per unit of rank on the family's default targets (a LoRA's size is linear in its rank)
-KNOWN_COUNTS = {id(UNET_SDXL): (2_567_463_684, 0, 3_074_240), id(MMDIT_SD3M): (2_028_328_000, 56_623_104, 586_752),
-                id(MMDIT_SD35L): (8_056_627_520, 89_653_248, 1_473_792), id(UNET_SD15): (859_520_964, 0, 1_050_816),
-                id(UNET_SD21): (865_910_724, 0, 1_059_008)}
-# FLUX: its generator and guidance LoRAs have different default targets, so both per-rank counts
-KNOWN_FLUX_COUNTS = {id(FLUX_DEV): (11_901_408_320, 3_385_344, 1_634_304),
-                     id(FLUX_SCHNELL): (11_891_178_560, 3_385_344, 1_634_304)}
+# parameters per unit of rank on the family's default generator and guidance targets (linear in the rank)
+KNOWN_COUNTS = {id(UNET_SDXL): (2_567_463_684, 0, 3_074_240, 3_074_240),
+                id(MMDIT_SD3M): (2_028_328_000, 56_623_104, 586_752, 586_752),
+                id(MMDIT_SD35L): (8_056_627_520, 89_653_248, 1_473_792, 1_473_792),
+                id(UNET_SD15): (859_520_964, 0, 1_050_816, 1_050_816), id(UNET_SD21): (865_910_724, 0, 1_059_008, 1_059_008),
+                id(FLUX_DEV): (11_901_408_320, 0, 3_385_344, 1_634_304),
+                id(FLUX_SCHNELL): (11_891_178_560, 0, 3_385_344, 1_634_304)}
 VAE_PARAMS = {"sd": 83_653_863, "sdxl": 83_653_863, "sd3": 83_819_683, "flux": 83_819_683}  # 4 / 16 latent channels
 TEXT_ENCODER_PARAMS = {"sd": 123_060_480, "sdxl": 123_060_480 + 694_659_840,
                        "sd3": 123_060_480 + 694_659_840 + 4_762_310_656,
@@ -217,13 +217,8 @@ def architecture(cfg) -> Architecture | None:
                             guidance_lora=lora_parameter_count(shapes, gui_t, cfg.guidance.lora_rank),
                             width=width, source=f"the safetensors headers of {folder}")
     if id(config) in KNOWN_COUNTS and gen_t == gen_default and gui_t == gui_default:
-        params, buffers, per_rank = KNOWN_COUNTS[id(config)]
+        params, buffers, gen_per_rank, gui_per_rank = KNOWN_COUNTS[id(config)]
         return Architecture(kind=kind, params=params, buffers=buffers, vae=vae,
-                            generator_lora=per_rank * cfg.student.lora_rank,
-                            guidance_lora=per_rank * cfg.guidance.lora_rank, width=width, source=where)
-    if id(config) in KNOWN_FLUX_COUNTS and gen_t == gen_default and gui_t == gui_default:
-        params, gen_per_rank, gui_per_rank = KNOWN_FLUX_COUNTS[id(config)]
-        return Architecture(kind=kind, params=params, buffers=0, vae=vae,
                             generator_lora=gen_per_rank * cfg.student.lora_rank,
                             guidance_lora=gui_per_rank * cfg.guidance.lora_rank, width=width, source=where)
     arch = architecture_from_config(config, family, gen_t, gui_t, cfg.student.lora_rank, cfg.guidance.lora_rank,
