@@ -103,7 +103,7 @@ def teacher_sample(family: Family, net: torch.nn.Module, noise: torch.Tensor, co
     output), and its x0 converted back to the output the scheduler expects via the implied noise.
     """
     sched = teacher_scheduler(family, scheduler)
-    sched.set_timesteps(steps, device=noise.device)
+    family.set_teacher_timesteps(sched, steps, noise)
     schedule = family.schedule
     # Euler samples in sigma-space (x0 + sigma n, init sigma ~14.6 for SD): scale_model_input maps it to
     # the network's x_t; flow-matching schedulers have neither (their state already is x_t)

@@ -58,3 +58,15 @@ def tiny_sd3(tiny_models_root):
 def tiny_sd3_no_t5(tiny_models_root):
     """Folder of a tiny StableDiffusion3Pipeline saved without its T5 encoder."""
     return _build_tiny(tiny_models_root, "sd3-no-t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tiny_models_root):
+    """Folder of a tiny FluxPipeline like FLUX.1-dev: guidance embedding, dynamic shift (one double, one single block)."""
+    return _build_tiny(tiny_models_root, "flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell(tiny_models_root):
+    """Folder of a tiny FluxPipeline like FLUX.1-schnell: no guidance embedding, shift 1."""
+    return _build_tiny(tiny_models_root, "flux-schnell")

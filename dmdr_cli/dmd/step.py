@@ -59,7 +59,7 @@ def renoise_times(ctx: StepContext, rng: StepRandomness, k: int, purpose: str) -
     """Per-sample renoise times from the DynaRS schedule at generator step k (uniform when it is off/over)."""
     draws = [sample_renoise_times(1, k, ctx.cfg.dmd, ctx.cfg.coldstart.dynars, g)
              for g in rng.per_sample_generators(purpose)]
-    return torch.cat(draws).to(ctx.device).float()
+    return ctx.family.renoise_times(torch.cat(draws).to(ctx.device).float())
 
 
 def dmd_generator_loss(ctx: StepContext, x0_g: torch.Tensor, cond: Cond, rng: StepRandomness, k: int) -> tuple[torch.Tensor, dict]:
@@ -70,7 +70,7 @@ def dmd_generator_loss(ctx: StepContext, x0_g: torch.Tensor, cond: Cond, rng: St
     w = cfg_scale_draw(ctx.cfg.guidance.scale, ctx.cfg.guidance.jitter, rng.shared("cfg"))
     with torch.no_grad(), ctx.amp():
         x0_real = ctx.family.predict_x0(ctx.nets.as_real(scale_r), x_t, t, cond, Guidance(w, ctx.uncond))
-        x0_fake = ctx.family.predict_x0(ctx.nets.as_fake(), x_t, t, cond)
+        x0_fake = ctx.family.predict_x0(ctx.nets.as_fake(), x_t, t, ctx.family.fake_score_cond(cond))
     loss, stats = dmd_loss(x0_g, x0_real.float(), x0_fake.float())
     stats.update({"real_lora_scale": scale_r, "cfg_scale": w, "renoise_t_mean": t.mean(),
                   "renoise_t_min": t.min(), "renoise_t_max": t.max()})  # tensors: no host sync per step
@@ -81,7 +81,7 @@ def fake_score_times(ctx: StepContext, rng: StepRandomness, k: int) -> torch.Ten
     """DMDR: the DMD loss's times (DynaRS on [t_min, t_max], as the authors' code draws them); layout dmd2:
     uniform over the whole training range, as DMD2's fake-score loss draws its timesteps (0..999)."""
     if ctx.cfg.guidance.layout == "dmd2":
-        return rng.per_sample_uniform("fake_t").to(ctx.device).float()
+        return ctx.family.renoise_times(rng.per_sample_uniform("fake_t").to(ctx.device).float())
     return renoise_times(ctx, rng, k, "fake_t")
 
 
@@ -94,6 +94,7 @@ def fake_score_step_loss(ctx: StepContext, x0_g: torch.Tensor, cond: Cond, rng: 
     so `fake_to_teacher_loss` (same inputs) < 1 says it keeps up, and > 1 that it has fallen behind.
     """
     x0 = x0_g.detach()
+    cond = ctx.family.fake_score_cond(cond)  # the teacher's loss below is measured on the same inputs
     t = fake_score_times(ctx, rng, k)
     noise = rng.randn_like(x0, "fake_renoise")
     x_t = ctx.family.schedule.renoise(x0, t, noise)

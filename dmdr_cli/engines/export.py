@@ -17,7 +17,7 @@ from ..export.formats import (DTYPES, FORMATS, write_comfyui, write_diffusers, w
 from ..export.kohya import COMFYUI_FAMILIES
 from ..export.model_card import model_card
 from ..export.output import StagedOutput
-from ..export.single_file import check_latent, check_single_file
+from ..export.single_file import check_latent, check_single_file, denoiser_alone
 from ..export.source import ExportSource, evaluation_results, open_checkpoint
 from ..export.student import build_student
 from ..runtime.checkpoint import as_os_errors
@@ -78,6 +78,8 @@ def run_export(checkpoint: str | Path, *, fmt: str, out: Path, dtype: str = "fp1
     source = open_checkpoint(checkpoint)
     merge = check_request(source, fmt, dtype, merge_lora, copy_components, denoiser_only)
     model = source.recipe.model
+    if writes_single_file(fmt, full_weights=source.lora is None or merge):
+        denoiser_only = denoiser_alone(model.family, denoiser_only)
     protected = [source.checkpoint] + [p for p in (source.teacher_folder, model.single_file) if p]
     output = StagedOutput(out, overwrite=overwrite, protected=protected)
     output.check()

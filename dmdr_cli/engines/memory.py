@@ -1,8 +1,8 @@
 """Estimated peak memory per GPU of a training recipe, before anything loads (`--dry-run` prints it).
 
 Model state is counted exactly, without loading or allocating a weight: from the safetensors headers of a
-local pipeline folder (as the plan's parameter counts), from the known counts of the published SDXL, SD3-Medium
-and SD3.5-Large architectures for their hub ids, or else by building the denoiser from its config.json on
+local pipeline folder (as the plan's parameter counts), from the known counts of the published SD1.5, SD2.1, SDXL,
+SD3-Medium, SD3.5-Large and FLUX.1 (11.9B) architectures for their hub ids, or else by building the denoiser from its config.json on
 torch's meta device. The activation scale (width x depth) is read from config.json. Per parameter:
 
     frozen teacher        model.dtype bytes (bf16: 2)
@@ -57,15 +57,36 @@ MMDIT_SD3M = dict(_class_name="SD3Transformer2DModel", sample_size=128, patch_si
                   joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
                   pos_embed_max_size=192)
 MMDIT_SD35L = dict(MMDIT_SD3M, num_layers=38, num_attention_heads=38, caption_projection_dim=2432, qk_norm="rms_norm")
+FLUX_DEV = dict(_class_name="FluxTransformer2DModel", patch_size=1, in_channels=64, num_layers=19,
+                num_single_layers=38, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[16, 56, 56])
+FLUX_SCHNELL = dict(FLUX_DEV, guidance_embeds=False)
+UNET_SD15 = dict(_class_name="UNet2DConditionModel", sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=[320, 640, 1280, 1280], attention_head_dim=8, cross_attention_dim=768,
+                 down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3)
+UNET_SD21 = dict(UNET_SD15, sample_size=96, attention_head_dim=[5, 10, 20, 20], cross_attention_dim=1024,
+                 use_linear_projection=True, upcast_attention=True)
 KNOWN = {"stable-diffusion-xl": UNET_SDXL, "sdxl": UNET_SDXL, "stable-diffusion-3.5-large": MMDIT_SD35L,
-         "stable-diffusion-3-medium": MMDIT_SD3M}
+         "stable-diffusion-3-medium": MMDIT_SD3M, "flux.1-dev": FLUX_DEV, "flux.1-schnell": FLUX_SCHNELL,
+         "stable-diffusion-v1-5": UNET_SD15, "stable-diffusion-2-1": UNET_SD21}
+DENOISER_CLASSES = {"sd": "UNet2DConditionModel", "sdxl": "UNet2DConditionModel", "sd3": "SD3Transformer2DModel",
+                    "flux": "FluxTransformer2DModel"}
 # their counts (diffusers classes built from those configs on the meta device): parameters, buffers, and LoRA
-# parameters per unit of rank on the family's default targets (a LoRA's size is linear in its rank)
-KNOWN_COUNTS = {id(UNET_SDXL): (2_567_463_684, 0, 3_074_240), id(MMDIT_SD3M): (2_028_328_000, 56_623_104, 586_752),
-                id(MMDIT_SD35L): (8_056_627_520, 89_653_248, 1_473_792)}
-VAE_PARAMS = {"sd": 83_653_863, "sdxl": 83_653_863, "sd3": 83_819_683}  # AutoencoderKL (4 / 16 latent channels)
+# parameters per unit of rank on the family's default generator and guidance targets (linear in the rank)
+KNOWN_COUNTS = {id(UNET_SDXL): (2_567_463_684, 0, 3_074_240, 3_074_240),
+                id(MMDIT_SD3M): (2_028_328_000, 56_623_104, 586_752, 586_752),
+                id(MMDIT_SD35L): (8_056_627_520, 89_653_248, 1_473_792, 1_473_792),
+                id(UNET_SD15): (859_520_964, 0, 1_050_816, 1_050_816), id(UNET_SD21): (865_910_724, 0, 1_059_008, 1_059_008),
+                id(FLUX_DEV): (11_901_408_320, 0, 3_385_344, 1_634_304),
+                id(FLUX_SCHNELL): (11_891_178_560, 0, 3_385_344, 1_634_304)}
+VAE_PARAMS = {"sd": 83_653_863, "sdxl": 83_653_863, "sd3": 83_819_683, "flux": 83_819_683}  # 4 / 16 latent channels
 TEXT_ENCODER_PARAMS = {"sd": 123_060_480, "sdxl": 123_060_480 + 694_659_840,
-                       "sd3": 123_060_480 + 694_659_840 + 4_762_310_656}  # CLIP-L (+ OpenCLIP-G, + T5-XXL)
+                       "sd3": 123_060_480 + 694_659_840 + 4_762_310_656,
+                       "flux": 123_060_480 + 4_762_310_656}  # CLIP-L (+ OpenCLIP-G, + T5-XXL)
+TINY_DECODERS = {"sd": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl", "sd3": "madebyollin/taesd3",
+                 "flux": "madebyollin/taef1"}  # TAESD-style rl.decoder per family
+GPU_SIZES = (24, 40, 80)  # GiB: the cards a plan is checked against when --gpu-memory is not given
 REWARD_PARAMS = {"hps": 986_109_441, "pickscore": 986_109_441, "clip": 427_616_513, "aesthetic": 428_400_000}
 
 # activations per sample at 1024 px, GiB (sources in the module docstring)
@@ -94,10 +115,16 @@ class Plan:
     processes: int
     sharding: str
     notes: list[str] = field(default_factory=list)
+    encoding: float = 0.0  # bytes while prompts are encoded: frozen weights + text encoders, before training state
 
     @property
     def total(self) -> float:
         return sum(self.terms.values())
+
+    @property
+    def peak(self) -> float:
+        """What must fit: training, or the encoding phase before it when that is larger (FLUX's T5-XXL)."""
+        return max(self.total, self.encoding)
 
 
 def _unet_width(config: dict) -> float:
@@ -115,7 +142,10 @@ def _unet_width(config: dict) -> float:
 
 
 def _mmdit_width(config: dict) -> float:
-    return config.get("num_attention_heads", 24) * config.get("attention_head_dim", 64) * config.get("num_layers", 24)
+    """Hidden width x blocks; a FLUX single block holds as many activations as a double one (the same text + image
+    tokens through attention and an MLP), so single blocks count fully."""
+    layers = config.get("num_layers", 24) + config.get("num_single_layers", 0)
+    return config.get("num_attention_heads", 24) * config.get("attention_head_dim", 64) * layers
 
 
 def architecture_from_config(config: dict, family: str, gen_targets, gui_targets, gen_rank: int, gui_rank: int,
@@ -125,21 +155,24 @@ def architecture_from_config(config: dict, family: str, gen_targets, gui_targets
 
     from .plan import lora_parameter_count
 
+    import diffusers
+
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-    if family == "sd3":
-        from diffusers import SD3Transformer2DModel as cls
-    else:
-        from diffusers import UNet2DConditionModel as cls
+    cls = getattr(diffusers, DENOISER_CLASSES[family])
     with torch.device("meta"):
         model = cls.from_config(cfg)
     params = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for b in model.buffers())
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    kind = "mmdit" if family == "sd3" else "unet"
+    kind = _kind(family)
     return Architecture(kind=kind, params=params, buffers=buffers, vae=VAE_PARAMS[family],
                         generator_lora=lora_parameter_count(shapes, gen_targets, gen_rank),
                         guidance_lora=lora_parameter_count(shapes, gui_targets, gui_rank),
                         width=_mmdit_width(config) if kind == "mmdit" else _unet_width(config), source=source)
+
+
+def _kind(family: str) -> str:
+    return "unet" if DENOISER_CLASSES[family] == "UNet2DConditionModel" else "mmdit"
 
 
 def denoiser_config(cfg) -> tuple[dict, str] | None:
@@ -151,7 +184,7 @@ def denoiser_config(cfg) -> tuple[dict, str] | None:
         return json.loads(path.read_text()), str(path)
     name = cfg.model.pretrained.lower()
     for key, config in sorted(KNOWN.items(), key=lambda kv: -len(kv[0])):
-        if key in name and ("3" in key) == (cfg.model.family == "sd3"):
+        if key in name and config["_class_name"] == DENOISER_CLASSES[cfg.model.family]:
             return config, f"the published {key} architecture"
     return None
 
@@ -166,7 +199,7 @@ def architecture(cfg) -> Architecture | None:
         return None
     config, where = found
     family = cfg.model.family
-    kind = "mmdit" if family == "sd3" else "unet"
+    kind = _kind(family)
     width = _mmdit_width(config) if kind == "mmdit" else _unet_width(config)
     gen_default, gui_default = _family_targets(family)
     gen_t, gui_t = cfg.student.lora_targets or gen_default, cfg.guidance.lora_targets or gui_default
@@ -184,10 +217,10 @@ def architecture(cfg) -> Architecture | None:
                             guidance_lora=lora_parameter_count(shapes, gui_t, cfg.guidance.lora_rank),
                             width=width, source=f"the safetensors headers of {folder}")
     if id(config) in KNOWN_COUNTS and gen_t == gen_default and gui_t == gui_default:
-        params, buffers, per_rank = KNOWN_COUNTS[id(config)]
+        params, buffers, gen_per_rank, gui_per_rank = KNOWN_COUNTS[id(config)]
         return Architecture(kind=kind, params=params, buffers=buffers, vae=vae,
-                            generator_lora=per_rank * cfg.student.lora_rank,
-                            guidance_lora=per_rank * cfg.guidance.lora_rank, width=width, source=where)
+                            generator_lora=gen_per_rank * cfg.student.lora_rank,
+                            guidance_lora=gui_per_rank * cfg.guidance.lora_rank, width=width, source=where)
     arch = architecture_from_config(config, family, gen_t, gui_t, cfg.student.lora_rank, cfg.guidance.lora_rank,
                                     f"{where} (built on the meta device)")
     arch.vae = vae
@@ -245,7 +278,11 @@ def estimate(cfg, arch: Architecture, processes: int, sharding: str | None = Non
     if rl == "refl":
         per_image = DECODER[gc] * (TINY_DECODER_FRACTION if cfg.rl.decoder else 1.0)
         terms["activations (ReFL decode)"] = per_image * (cfg.model.resolution / 1024) ** 2 * t.batch_size * GiB
-    return Plan(terms=terms, processes=n, sharding=sharding if shard > 1 else "none", notes=notes)
+    encoding = (arch.params + arch.buffers + arch.vae + TEXT_ENCODER_PARAMS[cfg.model.family]) * frozen
+    if encoding > sum(terms.values()):
+        notes.append(f"while prompts are encoded the text encoders sit next to the teacher: {encoding / GiB:.1f} GiB, "
+                     f"more than training needs (they are released before it)")
+    return Plan(terms=terms, processes=n, sharding=sharding if shard > 1 else "none", notes=notes, encoding=encoding)
 
 
 def knobs(cfg, arch: Architecture, processes: int, budget_gib: float) -> list[tuple[str, float]]:
@@ -270,7 +307,7 @@ def knobs(cfg, arch: Architecture, processes: int, budget_gib: float) -> list[tu
     if cfg.student.finetune == "full":
         change("student.finetune=lora", "student", "finetune", "lora")
     if cfg.rl.algorithm == "refl" and not cfg.rl.decoder:
-        tiny = "madebyollin/taesd3" if cfg.model.family == "sd3" else "madebyollin/taesdxl"
+        tiny = TINY_DECODERS[cfg.model.family]
         change(f"rl.decoder={tiny}", "rl", "decoder", tiny)
     for b in range(t.batch_size - 1, 0, -1):
         change(f"train.batch_size={b} (train.gradient_accumulation={math.ceil(t.batch_size / b) * t.gradient_accumulation} "
@@ -278,8 +315,8 @@ def knobs(cfg, arch: Architecture, processes: int, budget_gib: float) -> list[tu
     fits = []
     for label, new, procs in candidates:
         plan = estimate(validate(new), arch, procs)
-        if plan.total / GiB <= budget_gib:
-            fits.append((label, plan.total / GiB))
+        if plan.peak / GiB <= budget_gib:
+            fits.append((label, plan.peak / GiB))
             if label.startswith("train.batch_size"):
                 break  # the largest batch that fits is enough
     if t.sharding == "none" or processes == 1:  # more processes, sharded
@@ -289,14 +326,14 @@ def knobs(cfg, arch: Architecture, processes: int, budget_gib: float) -> list[tu
             new = json.loads(json.dumps(data))
             new["train"]["sharding"] = "optimizer"
             plan = estimate(validate(new), arch, procs)
-            if plan.total / GiB <= budget_gib:
-                fits.append((f"{procs} processes with train.sharding=optimizer", plan.total / GiB))
+            if plan.peak / GiB <= budget_gib:
+                fits.append((f"{procs} processes with train.sharding=optimizer", plan.peak / GiB))
                 break
     elif processes > 1:
         for procs in (processes * 2, processes * 4, processes * 8):
             plan = estimate(cfg, arch, procs)
-            if plan.total / GiB <= budget_gib:
-                fits.append((f"{procs} processes (sharded)", plan.total / GiB))
+            if plan.peak / GiB <= budget_gib:
+                fits.append((f"{procs} processes (sharded)", plan.peak / GiB))
                 break
     return fits
 
@@ -317,14 +354,15 @@ def memory_report(cfg, processes: int, gpu_memory: float | None):
     lines = [f"estimate accuracy: +-{ANCHOR_ERROR:.0%} at the H100 anchors, +-25% on activations away from them; "
              f"CUDA context and fragmentation not included"] + mine.notes
     warnings: list[str] = []
-    if gpu_memory is not None:
-        total = mine.total / GiB
-        if total <= gpu_memory:
-            lines.append(f"fits {gpu_memory:g} GiB: yes ({total:.1f} GiB estimated, {gpu_memory - total:.1f} to spare)")
-        else:
-            fixes = knobs(cfg, arch, processes, gpu_memory)
-            advice = "; ".join(f"{label} -> {gib:.1f} GiB" for label, gib in fixes) or "no single knob is enough"
-            lines.append(f"fits {gpu_memory:g} GiB: no ({total:.1f} GiB estimated). Would fit: {advice}")
+    total = mine.peak / GiB
+    for size in [gpu_memory] if gpu_memory is not None else GPU_SIZES:  # without --gpu-memory: the common cards
+        if total <= size:
+            lines.append(f"fits {size:g} GiB: yes ({total:.1f} GiB estimated, {size - total:.1f} to spare)")
+            continue
+        fixes = knobs(cfg, arch, processes, size)
+        advice = "; ".join(f"{label} -> {gib:.1f} GiB" for label, gib in fixes) or "no single knob is enough"
+        lines.append(f"fits {size:g} GiB: no ({total:.1f} GiB estimated). Would fit: {advice}")
+        if gpu_memory is not None:
             warnings.append(f"estimated {total:.1f} GiB per GPU does not fit {gpu_memory:g} GiB"
                             + (f": try {fixes[0][0]}" if fixes else ""))
     return head, plans, lines, warnings

@@ -15,7 +15,7 @@ from rich.table import Table
 from ..recipe import Recipe, to_yaml
 from ..runtime.files import safetensors_header
 
-DENOISER_FOLDERS = {"sd": "unet", "sdxl": "unet", "sd3": "transformer"}
+DENOISER_FOLDERS = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer"}
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:

@@ -105,11 +105,11 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         compat.check_against_recipe(loaded, cfg, mode="init")
 
     # ---- models ----------------------------------------------------------------------------------
-    from ..families import FAMILIES, load_family
+    from ..families import FAMILIES, guidance_values_of, load_family
 
     rl_branch = build_rl_branch(cfg, device, stage)  # rewards load (and fail) before the teacher
     family = load_family(cfg.model, device=device, dtype=frozen_dtype(cfg.model.dtype, device),
-                         uncond_mode=cfg.guidance.uncond)
+                         uncond_mode=cfg.guidance.uncond, guidance_values=guidance_values_of(cfg))
     from ..evaluate import plugins
 
     benches = plugins.run_benches(cfg, stage)  # their validation metrics and end-of-run reports

@@ -48,6 +48,7 @@ class ModelRef:
     domain: str | None  # the evaluation domain whose benches judge it (evaluate/domains.py); None: the official
     steps: int  # default sampling steps
     cfg: float | None  # default teacher CFG; None for students
+    embeds_guidance: bool = False  # the teacher takes its guidance value through an embedding (one pass, no CFG)
     batch_size: int = 4
     per_prompt: int = 1
     seed: int = 0
@@ -123,16 +124,24 @@ def _bare_teacher(spec: str, family: str, pretrained: str) -> ModelRef:
     probe = ModelSection(family=family, pretrained=pretrained)
     source = resolve_pipeline(probe, family)  # cheap: model_index.json only; one-line errors for bad paths
     model = probe.model_copy(update={"resolution": _native_resolution(source, family)})
+    embeds = _embeds_guidance(source, family)
     return ModelRef(spec=spec, kind="teacher", model=model, uncond="empty_prompt",
                     label=f"teacher {pretrained}", identity=f"teacher:{family}:{source.pretrained}",
-                    domain=domains.of_pretrained(pretrained),
-                    steps=TEACHER_STEPS, cfg=TEACHER_CFG)
+                    domain=domains.of_pretrained(pretrained), steps=TEACHER_STEPS,
+                    cfg=FAMILIES[family].default_teacher_guidance(embeds, TEACHER_CFG), embeds_guidance=embeds)
+
+
+def _embeds_guidance(source, family: str) -> bool:
+    """Whether the teacher's denoiser config says it embeds guidance (FLUX.1-dev); read only for families that may."""
+    cls = FAMILIES[family]
+    key = cls.guidance_embedding_key
+    return key is not None and bool(source.load_config(cls.denoiser_subfolder).get(key))
 
 
 def _native_resolution(source, family: str) -> int:
     """The pipelines' default size: the denoiser's sample_size times the VAE's scale factor."""
     denoiser = FAMILIES[family].denoiser_subfolder
-    sample_size = source.load_config(denoiser).get("sample_size") or 64
+    sample_size = source.load_config(denoiser).get("sample_size") or FAMILIES[family].default_sample_size
     factor = 1
     if source.has("vae"):
         factor = 2 ** (len(source.load_config("vae").get("block_out_channels", [0])) - 1)
@@ -141,6 +150,8 @@ def _native_resolution(source, family: str) -> int:
 
 def _recipe_teacher(spec: str, where: str) -> ModelRef:
     """teacher:RUN / teacher:CHECKPOINT / teacher:RECIPE.yaml: the teacher with that recipe's settings."""
+    from ..families.loading import resolve_pipeline
+
     path = Path(where).expanduser()
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         from ..recipe import load_recipe
@@ -156,10 +167,14 @@ def _recipe_teacher(spec: str, where: str) -> ModelRef:
         raise DmdrError(f"MODEL {spec!r}: {where!r} does not exist; write teacher:<family>:<path or hub id>, or "
                         f"teacher:RUN_FOLDER / teacher:RECIPE.yaml for the teacher a recipe distils")
     cfg = recipe.sample.cfg if recipe.sample.cfg is not None else recipe.guidance.scale
+    family = recipe.model.family
+    embeds = FAMILIES[family].guidance_embedding_key is not None and _embeds_guidance(
+        resolve_pipeline(recipe.model, family), family)
     return ModelRef(spec=spec, kind="teacher", model=recipe.model, uncond=recipe.guidance.uncond,
-                    label=f"teacher of {name}", identity=f"teacher:{recipe.model.family}:{recipe.model.pretrained}",
+                    label=f"teacher of {name}", identity=f"teacher:{family}:{recipe.model.pretrained}",
                     domain=domains.of_recipe(recipe), steps=recipe.sample.steps or TEACHER_STEPS, cfg=cfg,
-                    batch_size=recipe.sample.batch_size, per_prompt=recipe.sample.per_prompt, seed=recipe.sample.seed)
+                    batch_size=recipe.sample.batch_size, per_prompt=recipe.sample.per_prompt, seed=recipe.sample.seed,
+                    embeds_guidance=embeds)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,7 +194,7 @@ class Sampler:
 
     @property
     def nfe(self) -> int:
-        return nfe_of(self.ref.kind, self.steps, self.cfg)
+        return nfe_of(self.ref.kind, self.steps, self.cfg, self.ref.embeds_guidance)
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -208,8 +223,8 @@ class Sampler:
         if self.ref.kind == "teacher":
             from ..families.base import Guidance
 
-            guidance = None
-            if self.cfg is not None and self.cfg != 1.0:
+            guidance = None  # a guidance-embedding teacher is told 1.0 too: no CFG pass is made at 1.0 either way
+            if self.cfg is not None:
                 guidance = Guidance(self.cfg, self.family.unconditional().to(self.device))
             return teacher_sample(self.family, net, noise, cond, self.steps, guidance)
 
@@ -261,9 +276,10 @@ def _move(family, device: torch.device, dtype: torch.dtype) -> None:
             encoder.to(device=device, dtype=dtype)
 
 
-def nfe_of(kind: str, steps: int, cfg: float | None) -> int:
-    """Network evaluations per image: CFG runs the teacher twice per step (cond and uncond)."""
-    guided = kind == "teacher" and cfg is not None and cfg != 1.0
+def nfe_of(kind: str, steps: int, cfg: float | None, embeds_guidance: bool = False) -> int:
+    """Network evaluations per image: CFG runs the teacher twice per step (cond and uncond); an embedded guidance
+    value costs no extra pass."""
+    guided = kind == "teacher" and cfg is not None and cfg != 1.0 and not embeds_guidance
     return steps * (2 if guided else 1)
 
 
@@ -277,5 +293,5 @@ def sampling_settings(ref: ModelRef, *, steps: int | None, cfg: float | None, se
     if ref.kind == "teacher":
         cfg = cfg if cfg is not None else ref.cfg
         out.update(cfg=cfg, uncond=ref.uncond)
-    out["nfe"] = nfe_of(ref.kind, steps, cfg)
+    out["nfe"] = nfe_of(ref.kind, steps, cfg, ref.embeds_guidance)
     return out

@@ -5,8 +5,8 @@
 - diffusers:   a complete pipeline folder with the student's denoiser and a scheduler that reproduces
   the student's sampler (export/scheduler.py); or, with --reference-components, only those two.
 - lora:        diffusers-format LoRA (`pipe.load_lora_weights(folder)`), with peft adapter metadata.
-- comfyui:     a LoRA in the kohya / ComfyUI key layout (export/kohya.py); full (or merged) weights as a
-  single-file checkpoint.
+- comfyui:     a LoRA in the kohya / ComfyUI key layout (export/kohya.py; FLUX: the BFL modules,
+  export/flux_bfl.py); full (or merged) weights as a single-file checkpoint.
 - single-file: the pipeline in the original checkpoint layout, one file (export/single_file.py), or with
   --denoiser-only the denoiser alone in that layout.
 
@@ -26,7 +26,7 @@ import torch
 
 from .. import __version__
 from ..errors import DmdrError
-from .kohya import comfyui_namer, kohya_state_dict
+from .kohya import comfyui_lora
 from .output import inside
 from .scheduler import StudentScheduler, build_scheduler, student_scheduler
 from .single_file import file_name, single_file_tensors
@@ -138,8 +138,7 @@ def write_comfyui(folder: Path, student: Student, dtype: torch.dtype, denoiser_o
     if student.merged or student.source.lora is None:
         return write_single_file(folder, student, dtype, denoiser_only)
     lora = student.source.lora
-    namer = comfyui_namer(student.source.recipe.model.family, student.denoiser.config)
-    tensors = kohya_state_dict(student.adapter, namer, lora.alpha, dtype)
+    tensors = comfyui_lora(student.source.recipe.model.family, student.adapter, lora.alpha, dtype, student.denoiser)
     # kohya's own metadata keys, shown by ComfyUI / A1111 metadata viewers
     kohya_meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(lora.rank),
                   "ss_network_alpha": repr(lora.alpha)}

@@ -7,9 +7,13 @@ Naming facts (diffusers' converters go the other way: kohya -> diffusers; this i
   Resnet and top-level renames and the block numbering are those read back by diffusers'
   `_convert_unet_lora_key` and `_maybe_map_sgm_blocks_to_diffusers` (loaders/lora_conversion_utils.py);
   inside a transformer block the names are the same in both layouts.
+- SD1.x / 2.x: kohya-ss trains these on the diffusers UNet, so `lora_unet_` + the diffusers module path with
+  underscores (what diffusers' `_convert_unet_lora_key` and ComfyUI's key map read for SD1.5).
 - SD3: diffusers has no kohya converter for SD3; ComfyUI's LoRA key map for SD3 accepts the diffusers
   module path with underscores behind `lora_transformer_` (the OneTrainer layout), which keeps
   diffusers' split q/k/v (ComfyUI applies each to its slice of the fused qkv weight).
+- FLUX: kohya's `lora_unet_` + the original BFL module (`double_blocks_0_img_attn_qkv`), with fused
+  modules' LoRAs fused too (export/flux_bfl.py); diffusers reads these back with its kohya FLUX converter.
 
 The alpha written is the recipe's lora_alpha (diffusers' own kohya writer assumes alpha = rank).
 """
@@ -20,7 +24,8 @@ import torch
 
 from ..errors import DmdrError
 
-COMFYUI_FAMILIES = ("sdxl", "sd3")
+COMFYUI_FAMILIES = ("sd", "sdxl", "sd3", "flux")
+DIFFUSERS_READS_KOHYA = ("sd", "sdxl", "flux")  # families whose kohya files `load_lora_weights` converts
 
 # diffusers resnet submodule -> sgm ResBlock submodule
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -94,6 +99,18 @@ def sgm_module_name(path: str, blocks: dict[str, str]) -> str | None:
     return None
 
 
+def comfyui_lora(family: str, adapter: dict[str, torch.Tensor], alpha: float, dtype: torch.dtype,
+                 denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The generator LoRA in the kohya layout ComfyUI reads for `family` (callers refuse other families first)."""
+    if family == "flux":
+        from .flux_bfl import kohya_flux_lora
+
+        widths = {name.removesuffix(".base_layer"): m.out_features for name, m in denoiser.named_modules()
+                  if isinstance(m, torch.nn.Linear)}  # peft wraps each target's Linear as its .base_layer
+        return kohya_flux_lora(adapter, alpha, dtype, widths.__getitem__)
+    return kohya_state_dict(adapter, comfyui_namer(family, denoiser.config), alpha, dtype)
+
+
 def comfyui_namer(family: str, denoiser_config) -> "KeyNamer":
     """The kohya key naming ComfyUI reads for `family` (callers refuse other families first)."""
     if family == "sdxl":
@@ -101,6 +118,8 @@ def comfyui_namer(family: str, denoiser_config) -> "KeyNamer":
         return KeyNamer("lora_unet_", lambda path: sgm_module_name(path, blocks))
     if family == "sd3":
         return KeyNamer("lora_transformer_", lambda path: path)
+    if family == "sd":
+        return KeyNamer("lora_unet_", lambda path: path)
     raise ValueError(f"no ComfyUI key layout for the {family} family (covered: {', '.join(COMFYUI_FAMILIES)})")
 
 

@@ -7,6 +7,7 @@ import math
 
 from .. import __version__
 from .formats import COMFYUI_FILE, PIXEL_PIPELINE_FILE, generator_kind, scheduler_spec, writes_single_file
+from .kohya import DIFFUSERS_READS_KOHYA
 from .scheduler import StudentScheduler
 from .single_file import components_in_file, layout_for
 from .student import Student
@@ -48,10 +49,7 @@ def sampling_call(student: Student, spec: StudentScheduler) -> list[str]:
     """The pipeline call that reproduces `dmdr_cli.sampling.sample` (same times, no CFG, same step noise)."""
     res = student.source.recipe.model.resolution
     lines = []
-    args = {"height": res, "width": res, **spec.call, "guidance_scale": 1.0}
-    max_tokens = getattr(student.family, "max_text_tokens", None)
-    if max_tokens is not None:
-        args["max_sequence_length"] = max_tokens
+    args = {"height": res, "width": res, **spec.call, **student.family.pipeline_arguments()}
     if spec.step_noise == "generator":
         lines.append('generator = torch.Generator("cuda").manual_seed(0)  # each step\'s fresh noise')
         call = f"image = pipe(prompt, {_kwargs(args)}, generator=generator).images[0]"
@@ -105,7 +103,7 @@ def _pipeline_lines(student: Student, fmt: str, files: list[str], torch_dtype: s
                 "from safetensors.torch import load_file", "",
                 teacher, f'pipe.{sub}.load_state_dict(load_file("{HERE}/{files[0]}"))', use_student_scheduler,
                 'pipe.to("cuda")']
-    if fmt in ("safetensors", "lora") or (fmt == "comfyui" and family.name == "sdxl"):
+    if fmt in ("safetensors", "lora") or (fmt == "comfyui" and family.name in DIFFUSERS_READS_KOHYA):
         return [f"from diffusers import DiffusionPipeline, {scheduler_cls}", "", teacher,
                 f'pipe.load_lora_weights("{HERE}", weight_name="{files[0]}")',
                 "pipe.fuse_lora()  # optional: merge the LoRA into the weights for speed", use_student_scheduler,
@@ -146,9 +144,12 @@ def comfyui_notes(student: Student, fmt: str, files: list[str], denoiser_only: b
                      "`--format single-file` (a checkpoint for *Load Checkpoint*).")
     sampler = "lcm" if student.sampler == "sde" else "euler"
     steps = len(student.times)
-    notes.append(f"Sampler settings: {steps} step{'s' if steps > 1 else ''}, CFG 1.0 (the student runs without "
-                 f"guidance), sampler `{sampler}`; the student's sigmas, for a custom-sigmas node: "
-                 f"{comfyui_sigmas(student) + [0.0]}.")
+    guidance = "CFG 1.0 (the student runs without guidance)"
+    if student.family.embeds_guidance:
+        guidance = (f"CFG 1.0 and a *FluxGuidance* node at {student.family.pipeline_arguments()['guidance_scale']:g} "
+                    f"(the value the student was trained with)")
+    notes.append(f"Sampler settings: {steps} step{'s' if steps > 1 else ''}, {guidance}, sampler `{sampler}`; the "
+                 f"student's sigmas, for a custom-sigmas node: {comfyui_sigmas(student) + [0.0]}.")
     return notes
 
 
@@ -188,6 +189,8 @@ def model_card(student: Student, *, fmt: str, files: list[str], dtype: str, copi
         f"| checkpoint | generator step {source.step} (`{source.checkpoint}`)"
         f"{', the generator EMA (decay ' + str(source.recipe.ema.decay) + ')' if source.uses_ema else ''} |",
         f"| steps | {len(student.times)}, no classifier-free guidance |",
+        *([f"| guidance embedding | told {family.pipeline_arguments()['guidance_scale']:g} (the pipeline's "
+           f"`guidance_scale`), as in training |"] if family.embeds_guidance else []),
         f"| student times t (1 = noise) | {', '.join(f'{t:.6g}' for t in student.times)} |",
         f"| {times_label} | {spec.times!r} |",
         f"| sampler | {_SAMPLERS[student.sampler]} |",
@@ -214,7 +217,7 @@ def model_card(student: Student, *, fmt: str, files: list[str], dtype: str, copi
         if single:
             lines += ["`config=` names the base model whose component configs and tokenizers (no weights) diffusers "
                       "reads to rebuild the pipeline around the file's weights.", ""]
-        elif fmt == "comfyui":
+        elif fmt == "comfyui" and family.name == "sdxl":
             lines += ["diffusers reads this kohya-layout file for SDXL UNets whose up-samplers follow attention "
                       "blocks, as in SDXL itself; `--format lora` writes diffusers' own layout.", ""]
     else:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DmdrError
+from .flux_bfl import to_bfl
 from .original_keys import Converter, clip, ldm_unet, ldm_vae, open_clip, sd3_mmdit, t5
 
 
@@ -43,6 +44,11 @@ LAYOUTS: dict[str, SingleFileLayout] = {
                             optional=("text_encoder_3",), left_training=("text_encoder_3",),
                             description="SD3 layout: model.diffusion_model, text_encoders.clip_l / clip_g / t5xxl, "
                                         "first_stage_model"),
+    # FLUX.1 ships its transformer alone, in Black Forest Labs' layout (flux1-dev.safetensors: double_blocks.N...,
+    # no prefix), which ComfyUI's Load Diffusion Model and diffusers' FluxTransformer2DModel.from_single_file read;
+    # a layout without components is always the denoiser alone
+    "flux": SingleFileLayout(lambda state, config: to_bfl(state), (),
+                             description="FLUX.1 transformer in the BFL layout: double_blocks / single_blocks"),
 }
 
 WORKING_FORMATS_WITHOUT_VAE = ("--format diffusers (a folder with its own pixel-space pipeline) or safetensors "
@@ -86,6 +92,11 @@ def components_in_file(model_cfg) -> list[str]:
     layout = layout_for(model_cfg.family)
     source = resolve_pipeline(model_cfg, model_cfg.family)
     return [name for name, _ in layout.components if name not in layout.optional or source.has(name)]
+
+
+def denoiser_alone(family: str, denoiser_only: bool) -> bool:
+    """Whether a single-file export of `family` holds the denoiser alone: asked for, or all its layout has."""
+    return denoiser_only or not layout_for(family).components
 
 
 def file_name(student, denoiser_only: bool) -> str:

@@ -16,7 +16,7 @@ import torch
 
 from ..dmd.networks import GENERATOR, add_lora, load_adapter_state
 from ..errors import DmdrError
-from ..families import Family, load_family
+from ..families import Family, guidance_values_of, load_family
 from .source import ExportSource
 
 
@@ -63,7 +63,8 @@ def build_student(source: ExportSource, *, merge: bool, dtype: torch.dtype = tor
     lora = source.lora
     load_dtype = torch.float32 if lora is not None else dtype
     family = load_family(source.recipe.model, device="cpu", dtype=load_dtype, with_text_encoders=with_text_encoders,
-                         with_vae=with_vae, uncond_mode=source.recipe.guidance.uncond)
+                         with_vae=with_vae, uncond_mode=source.recipe.guidance.uncond,
+                         guidance_values=guidance_values_of(source.recipe))
     net = family.denoiser.eval().requires_grad_(False)
     tensors = load_generator_tensors(source)
     if lora is None:

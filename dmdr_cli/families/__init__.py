@@ -10,11 +10,12 @@ import torch
 
 from ..errors import ModelLoadError
 from .base import Components, Cond, Family, Guidance
+from .flux import FluxFamily
 from .sd import SDFamily
 from .sd3 import SD3Family
 from .sdxl import SDXLFamily
 
-FAMILIES: dict[str, type[Family]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family}
+FAMILIES: dict[str, type[Family]] = {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family, "flux": FluxFamily}
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -31,10 +32,13 @@ def default_dtype(recipe_dtype: str, device) -> torch.dtype:
 
 
 def load_family(model_cfg, *, device="cpu", dtype: torch.dtype | None = None, with_text_encoders: bool = True,
-                with_vae: bool = True, uncond_mode: str = "empty_prompt") -> Family:
+                with_vae: bool = True, uncond_mode: str = "empty_prompt",
+                guidance_values: tuple[float | None, float | None] = (None, None)) -> Family:
     """Load the teacher of `model_cfg` (recipe.model) with the adapter its `family` names.
 
-    `dtype` None: `model_cfg.dtype` on accelerators, fp32 on CPU. `uncond_mode` is recipe.guidance.uncond.
+    `dtype` None: `model_cfg.dtype` on accelerators, fp32 on CPU. `uncond_mode` is recipe.guidance.uncond;
+    `guidance_values` are recipe student.embedded_guidance and guidance.fake_embedded_guidance
+    (`guidance_values_of(recipe)`), for a denoiser that embeds guidance.
     """
     cls = family_class(model_cfg.family)
     if dtype is None:
@@ -42,8 +46,14 @@ def load_family(model_cfg, *, device="cpu", dtype: torch.dtype | None = None, wi
     family = cls.load(model_cfg, device=device, dtype=dtype, with_text_encoders=with_text_encoders,
                       with_vae=with_vae)
     family.uncond_mode = uncond_mode
+    family.use_guidance_values(*guidance_values)
     return family
 
 
-__all__ = ["FAMILIES", "Components", "Cond", "Family", "Guidance", "SDFamily", "SDXLFamily", "SD3Family",
-           "default_dtype", "family_class", "load_family"]
+def guidance_values_of(recipe) -> tuple[float | None, float | None]:
+    """The (student, fake score) embedded guidance values a recipe sets (None: the family's defaults)."""
+    return recipe.student.embedded_guidance, recipe.guidance.fake_embedded_guidance
+
+
+__all__ = ["FAMILIES", "Components", "Cond", "Family", "FluxFamily", "Guidance", "SDFamily", "SDXLFamily", "SD3Family",
+           "default_dtype", "family_class", "guidance_values_of", "load_family"]

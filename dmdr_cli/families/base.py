@@ -11,12 +11,14 @@ in tests/ and a recipe.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 import torch
 
+from ..errors import ModelLoadError
 from .schedules import NoiseSchedule
 
 
@@ -54,7 +56,8 @@ class Cond(dict):
 
 @dataclass
 class Guidance:
-    """Classifier-free guidance: pred = uncond + scale (cond - uncond), computed in x0-space."""
+    """Guidance at `scale`: classifier-free guidance, pred = uncond + scale (cond - uncond) in x0-space; a family whose
+    denoiser embeds a guidance value (FLUX.1-dev) gives it `scale` instead, in one pass."""
 
     scale: float
     uncond: Cond  # batch 1 or the full batch
@@ -73,6 +76,14 @@ class Components:
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
+
+
+def token_map(tokens: torch.Tensor) -> torch.Tensor:
+    """Image tokens [B, h*w, D] (row-major patches of a square latent) as a [B, D, h, w] map."""
+    side = math.isqrt(tokens.shape[1])
+    if side * side != tokens.shape[1]:
+        raise ValueError(f"{tokens.shape[1]} image tokens do not form a square grid")
+    return tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)
 
 
 def explicit_times(override: list[float] | None, n_steps: int) -> list[float] | None:
@@ -101,6 +112,14 @@ class Family(ABC):
     latent_channels: int
     vae_scale_factor: int
     pixel_space: bool = False  # the denoiser works on images directly (no VAE; exports ship export/pixel_pipeline.py)
+    embeds_guidance: bool = False  # the denoiser takes the guidance value as an input (FLUX.1-dev), not CFG
+    guidance_embedding_key: ClassVar[str | None] = None  # the denoiser config flag that says it does
+    default_sample_size: ClassVar[int] = 64  # latent side the pipeline samples at when the config names none
+
+    @classmethod
+    def default_teacher_guidance(cls, embeds_guidance: bool, cfg: float) -> float:
+        """The guidance a bare teacher samples at: `cfg` (dmdr's default CFG) unless the family says otherwise."""
+        return cfg
 
     def __init__(self, components: Components, *, uncond_mode: str = "empty_prompt"):
         self.components = components
@@ -144,6 +163,18 @@ class Family(ABC):
             raise RuntimeError(f"{self.name}: the text encoders are not loaded (with_text_encoders=False or "
                                f"release_text_encoders() was called); encode prompts before releasing them")
         return self.components.tokenizers, self.components.text_encoders
+
+    def use_guidance_values(self, student: float | None, fake: float | None) -> None:
+        """Recipe student.embedded_guidance / guidance.fake_embedded_guidance: the values a denoiser that embeds
+        guidance is given as the student and as the fake score. A family without such an input refuses them."""
+        if student is not None or fake is not None:
+            raise ModelLoadError(f"{self.components.source} has no guidance embedding ({self.name}): its student and "
+                                 f"fake score run without guidance; remove student.embedded_guidance and "
+                                 f"guidance.fake_embedded_guidance from the recipe")
+
+    def fake_score_cond(self, cond: Cond) -> Cond:
+        """The fake score's conditioning: the student's own, except in the guidance value a denoiser embeds."""
+        return cond
 
     def zero_cond(self, cond: Cond) -> Cond:
         """DMD2's SDXL unconditional: zero text and pooled embeddings (time ids, if any, are kept)."""
@@ -197,6 +228,19 @@ class Family(ABC):
     def times_for(self, student) -> list[float]:
         """Student times from a recipe's `student` section (steps, timesteps, flow_shift)."""
         return self.student_times(student.steps, student.timesteps, shift=getattr(student, "flow_shift", None))
+
+    def renoise_times(self, t: torch.Tensor) -> torch.Tensor:
+        """The renoise sampler's draws on [t_min, t_max] as this family's times: as drawn (DMD2, DMDR); a family
+        trained with a resolution-dependent shift (FLUX) maps them through it."""
+        return t
+
+    def set_teacher_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
+        """Set the teacher's diffusers scheduler to `steps` as the family's pipeline does."""
+        scheduler.set_timesteps(steps, device=latents.device)
+
+    def pipeline_arguments(self) -> dict:
+        """Arguments of the diffusers pipeline call that condition as this adapter does, without CFG."""
+        return {"guidance_scale": 1.0}
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         """(C, H, W) of one sample the denoiser sees at a square `resolution` in pixels."""

@@ -23,7 +23,8 @@ from ..runtime.files import read_json
 from ..errors import ModelLoadError
 
 # Pipeline class-name prefixes -> family, most specific first (img2img / inpaint variants share them).
-_PIPELINE_PREFIXES = (("StableDiffusion3", "sd3"), ("StableDiffusionXL", "sdxl"), ("StableDiffusion", "sd"))
+_PIPELINE_PREFIXES = (("StableDiffusion3", "sd3"), ("StableDiffusionXL", "sdxl"), ("StableDiffusion", "sd"),
+                      ("Flux", "flux"))
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -112,10 +112,15 @@ class FlowSchedule(NoiseSchedule):
         return 1 - t, t
 
 
+def shift_flow_times(s: torch.Tensor, shift: float) -> torch.Tensor:
+    """The flow-matching time shift t = shift s / (1 + (shift - 1) s) (SD3; FLUX's exponential shift with e^mu)."""
+    return shift * s / (1 + (shift - 1) * s)
+
+
 def shifted_flow_times(n_steps: int, shift: float) -> list[float]:
     """SD3-style student times: t = shift s / (1 + (shift - 1) s), s = linspace(1, 0.001, N + 1)[:N]."""
     s = torch.linspace(1.0, 0.001, n_steps + 1, dtype=torch.float64)[:n_steps]
-    return [float(v) for v in shift * s / (1 + (shift - 1) * s)]
+    return [float(v) for v in shift_flow_times(s, shift)]
 
 
 def uniform_discrete_timesteps(n_steps: int, num_train_timesteps: int = 1000) -> list[int]:

@@ -8,12 +8,11 @@ does); pooled = both CLIP projections concatenated. Time: sigma = t, model times
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
-from .base import Cond, Family, explicit_times, tokenize
+from .base import Cond, Family, explicit_times, token_map, tokenize
 from .loading import load_components, module_dtype, resolve_pipeline
 from .schedules import FlowSchedule, shifted_flow_times
 from .vae import decode_latents, encode_images
@@ -91,13 +90,10 @@ class SD3Family(Family):
         return blocks[max(len(blocks) // 2 - 1, 0)]
 
     def bottleneck_map(self, output):
-        """A joint block returns (text tokens, image tokens); the image tokens [B, h*w, D] (row-major patches of a
-        square latent) become a [B, D, h, w] map."""
-        tokens = output[1]
-        side = math.isqrt(tokens.shape[1])
-        if side * side != tokens.shape[1]:
-            raise ValueError(f"{tokens.shape[1]} image tokens do not form a square grid")
-        return tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)
+        """A joint block returns (text tokens, image tokens): the image tokens as a map."""
+        return token_map(output[1])
+    def pipeline_arguments(self):
+        return {"guidance_scale": 1.0, "max_sequence_length": self.max_text_tokens}
 
     # ---- students -------------------------------------------------------------------------------
     def student_times(self, n_steps, override=None, *, shift=None):

@@ -20,9 +20,10 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    family: Literal["sd", "sdxl", "sd3"] = Field(
+    family: Literal["sd", "sdxl", "sd3", "flux"] = Field(
         description="Model family adapter: sd (SD1.x/2.x UNet, eps or v), sdxl (UNet, two text encoders), "
-                    "sd3 (MMDiT flow matching: SD3-Medium, SD3.5-Large/Medium).")
+                    "sd3 (MMDiT flow matching: SD3-Medium, SD3.5-Large/Medium), flux (FLUX.1-dev and -schnell: "
+                    "flow matching, CLIP-L + T5, dev's guidance embedding).")
     pretrained: str = Field(
         description="Teacher weights: a local diffusers folder or a hub id (e.g. stabilityai/stable-diffusion-xl-base-1.0).")
     revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) of `pretrained`.")
@@ -32,11 +33,15 @@ class ModelSection(Section):
                           "gives the config and the components the file lacks.")
     dtype: Literal["bf16", "fp16", "fp32"] = Field(
         "bf16", description="dtype of the frozen networks on GPU (CPU always runs fp32).")
-    resolution: int = Field(1024, ge=8, le=4096, description="Training and sampling resolution in pixels (square).")
+    resolution: int = Field(1024, ge=8, le=4096, description="Training and sampling resolution in pixels (square); "
+                                                             "flux: a multiple of 16. flux's default student times "
+                                                             "and its renoise times follow the resolution's shift.")
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = Field(
         "auto", description="UNet families only: override the scheduler config's prediction type.")
     max_text_tokens: Optional[int] = Field(
-        None, ge=1, le=512, description="T5 prompt length for sd3 (DMDR: 128); None keeps the family default.")
+        None, ge=1, le=512, description="T5 prompt length for sd3 (DMDR: 128) and flux; None keeps the family "
+                                        "default (sd3 256; flux 512 for dev, 256 for schnell, as FluxPipeline is "
+                                        "called for each).")
 
 
 class StudentSection(Section):
@@ -45,8 +50,9 @@ class StudentSection(Section):
         None, description="Explicit student times in [0, 1] (1 = noise), first fed pure noise; e.g. [0.399] for the "
                           "SDXL 1-step student. None: the family default (eps: 999, 749, ...; flow: shifted).")
     flow_shift: Optional[float] = Field(
-        None, gt=0, description="sd3 only: shift of the student's times (SD3-Medium 3.0, SD3.5-Large 5.0); "
-                                "None reads the scheduler config.")
+        None, gt=0, description="sd3 and flux: shift of the student's times (SD3-Medium 3.0, SD3.5-Large 5.0); "
+                                "None reads the scheduler config (flux-dev: the resolution's shift e^mu, as "
+                                "FluxPipeline computes it: 1.88 at 512 px, 3.16 at 1024 px).")
     sampler: Literal["auto", "sde", "ode"] = Field(
         "auto", description="Rollout: sde (DMD2 backward simulation, fresh noise each step) or ode (deterministic "
                             "Euler; DMDR's SD3 scripts). auto: sde for eps/v families, ode for flow.")
@@ -58,11 +64,21 @@ class StudentSection(Section):
     init: Optional[str] = Field(
         None, description="Start the student from these weights instead of the teacher: a dmdr checkpoint, a "
                           "denoiser state dict (.safetensors) or a LoRA file.")
+    embedded_guidance: Optional[float] = Field(
+        None, ge=0.0, le=30.0,
+        description="flux-dev only (a guidance-distilled denoiser, which takes the guidance value through its guidance "
+                    "embedding): the value the student is given, in training and sampling; exports pass it as the "
+                    "pipeline's guidance_scale. None: 3.5, FluxPipeline's default (FastGen gives its FLUX student "
+                    "3.5 too). Other families' students run without guidance.")
 
 
 class GuidanceSection(Section):
-    scale: float = Field(7.0, ge=1.0, le=30.0, description="Real-score CFG scale w0 (SDXL/SD3-M 7.0, SD3.5-L 4.0).")
-    jitter: float = Field(0.5, ge=0.0, le=10.0, description="CFG scale drawn per step from U[w0 - jitter, w0 + jitter].")
+    scale: float = Field(7.0, ge=1.0, le=30.0, description="Real-score guidance w0: the CFG scale (SDXL/SD3-M 7.0, "
+                                                           "SD3.5-L 4.0, DMD2 SD1.5 1.75); flux-dev: the value given "
+                                                           "to the teacher's guidance embedding, one pass, no CFG "
+                                                           "(dmdr's flux-dev recipes: 3.5).")
+    jitter: float = Field(0.5, ge=0.0, le=10.0, description="w drawn per step from U[w0 - jitter, w0 + jitter] (the CFG "
+                                                            "scale, or flux-dev's embedded value).")
     uncond: Literal["empty_prompt", "zeros"] = Field(
         "empty_prompt", description="CFG's unconditional input: the encoded \"\" (DMDR) or zero embeddings (DMD2 SDXL). "
                                     "The teacher baseline uses the same.")
@@ -74,6 +90,11 @@ class GuidanceSection(Section):
     lora_alpha: float = Field(32.0, gt=0, description="Guidance LoRA alpha.")
     lora_targets: Optional[list[str]] = Field(None, description="Guidance LoRA modules; None: the family's default list.")
     fake_lora_scale: float = Field(2.0, ge=0.0, le=10.0, description="LoRA scale s_f at which the guidance network is the fake score.")
+    fake_embedded_guidance: Optional[float] = Field(
+        None, ge=0.0, le=30.0,
+        description="flux-dev only: the guidance value the fake score is given. It models the student's samples, so "
+                    "None gives it the student's value (student.embedded_guidance), as CFG families run the fake "
+                    "score unguided like their student.")
 
 
 class DmdSection(Section):
@@ -437,6 +458,12 @@ class Recipe(Section):
                                  f"{self.student.steps}")
             if any(not 0 < t <= 1 for t in self.student.timesteps):
                 raise ValueError("student.timesteps must lie in (0, 1]")
+        embedded = {"student.embedded_guidance": self.student.embedded_guidance,
+                    "guidance.fake_embedded_guidance": self.guidance.fake_embedded_guidance}
+        for key, value in embedded.items():
+            if value is not None and self.model.family != "flux":
+                raise ValueError(f"{key} applies to denoisers that embed the guidance value (flux: FLUX.1-dev); "
+                                 f"{self.model.family} students and fake scores run without guidance: remove it")
         if self.coldstart.steps > self.train.steps:
             raise ValueError(f"coldstart.steps ({self.coldstart.steps}) exceeds train.steps ({self.train.steps})")
         if self.rl.algorithm == "grpo" and self.student.steps < 2:

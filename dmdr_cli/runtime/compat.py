@@ -24,7 +24,7 @@ STRUCTURE_KEYS = ("model.family", "student.finetune", "student.lora_rank", "stud
 # Keys whose change loads fine but breaks exact resume (the run is no longer the uninterrupted run). The
 # batch counts as one number, the global batch: noise and prompts are keyed by global sample index, so
 # 2 processes x batch 1 resume exactly as 1 process x batch 2 (tests/engines/test_sharding.py).
-RESUME_KEYS = ("student.steps", "student.timesteps", "student.sampler", "train.seed",
+RESUME_KEYS = ("student.steps", "student.timesteps", "student.sampler", "student.embedded_guidance", "train.seed",
                "dmd.fake_updates_per_generator_update", "ema.decay", "ema.start_step", "ode_regression.weight")
 BATCH_KEYS = ("train.batch_size", "train.gradient_accumulation")
 

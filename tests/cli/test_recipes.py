@@ -44,6 +44,17 @@ def test_authors_values_in_shipped_recipes():
     assert sd35.guidance.scale == 4.0 and sd35.student.flow_shift == 5.0 and sd35.rl.rewards[0].weight == 0.1
     sdxl1 = load_recipe(ROOT / "recipes/sdxl/1step-refl.yaml")
     assert sdxl1.student.timesteps == [0.399] and not sdxl1.coldstart.dynadg.enabled and not sdxl1.coldstart.dynars.enabled
+    # DMD2's SD1.5 run (experiments/sdv1.5/...guidance1.75_lr1e-5_seed10_dfake10_from_scratch.sh)
+    sd15 = load_recipe(ROOT / "recipes/sd15/1step-dmd2.yaml")
+    assert (sd15.guidance.scale, sd15.guidance.jitter, sd15.guidance.layout) == (1.75, 0.0, "dmd2")
+    assert (sd15.train.lr_generator, sd15.train.lr_guidance, sd15.train.batch_size) == (1e-5, 1e-5, 32)
+    assert (sd15.dmd.fake_updates_per_generator_update, sd15.train.grad_clip) == (10, 10.0)
+    assert (sd15.dmd.t_min, sd15.dmd.t_max, sd15.student.steps, sd15.student.finetune) == (0.02, 0.98, 1, "full")
+    flux = load_recipe(ROOT / "recipes/flux-dev/4step-refl.yaml")
+    assert (flux.model.family, flux.student.embedded_guidance, flux.guidance.scale) == ("flux", 3.5, 3.5)
+    assert flux.student.flow_shift is None and flux.rl.decoder == "madebyollin/taef1"  # the resolution's shift
+    schnell = load_recipe(ROOT / "recipes/flux-schnell/4step-refl.yaml")
+    assert (schnell.guidance.scale, schnell.guidance.jitter, schnell.student.embedded_guidance) == (1.0, 0.0, None)
 
 
 def write(tmp_path, data, name="r.yaml"):

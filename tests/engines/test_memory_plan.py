@@ -44,18 +44,21 @@ def test_estimate_matches_the_h100_anchors(family, pretrained, finetune, batch, 
     assert memory.estimate(accumulating, arch, 8, "optimizer").terms["gradients"] == one.terms["gradients"]
 
 
-@pytest.mark.parametrize("config", ["UNET_SDXL", "MMDIT_SD3M", "MMDIT_SD35L"])
+@pytest.mark.parametrize("config", ["UNET_SDXL", "MMDIT_SD3M", "MMDIT_SD35L", "UNET_SD15", "UNET_SD21", "FLUX_DEV",
+                                    "FLUX_SCHNELL"])
 def test_known_counts_are_the_architectures_built_on_the_meta_device(config):
-    """The table that keeps --dry-run instant for hub ids is what diffusers builds from the published configs."""
+    """The table that keeps --dry-run instant for hub ids is what diffusers builds from the published configs
+    (FLUX.1: 11.9B, the published size; its generator and guidance LoRAs have different default targets)."""
     from dmdr_cli.engines.plan import _family_targets
 
     arch_config = getattr(memory, config)
-    family = "sdxl" if config == "UNET_SDXL" else "sd3"
+    family = {"UNET_SDXL": "sdxl", "UNET_SD15": "sd", "UNET_SD21": "sd", "FLUX_DEV": "flux",
+              "FLUX_SCHNELL": "flux"}.get(config, "sd3")
     gen, gui = _family_targets(family)
     built = memory.architecture_from_config(arch_config, family, gen, gui, 64, 32, "meta")
-    params, buffers, per_rank = memory.KNOWN_COUNTS[id(arch_config)]
+    params, buffers, gen_per_rank, gui_per_rank = memory.KNOWN_COUNTS[id(arch_config)]
     assert (built.params, built.buffers, built.generator_lora, built.guidance_lora) == (
-        params, buffers, 64 * per_rank, 32 * per_rank)
+        params, buffers, 64 * gen_per_rank, 32 * gui_per_rank)
 
 
 def test_dry_run_prints_the_plan_and_the_knob_that_fits(tiny_sd, tmp_path):
@@ -102,15 +105,31 @@ def _state_bytes(generator_params) -> dict[str, int]:
     return {"weights": weights, "gradients": grads, "optimizer state": state}
 
 
-def test_model_state_estimate_matches_the_tiny_run_tensors(tiny_sd, tmp_path, monkeypatch):
+def test_flux_dev_recipe_plans_for_each_gpu_size():
+    """Without --gpu-memory the plan says what fits 24, 40 and 80 GB; the bf16 FLUX.1-dev weights alone are
+    22.2 GiB, so 24 GB never fits."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "flux-dev" / "4step-refl.yaml"
+    res = ok("distill", path, "--dry-run")
+    text = " ".join(res.output.split())
+    assert "11.9B denoiser parameters from the published flux.1-dev architecture" in text
+    assert "fits 24 GiB: no" in text and "fits 80 GiB: yes" in text and "fits 40 GiB:" in text
+    cfg = validate(__import__("yaml").safe_load(path.read_text()))
+    plan = memory.estimate(cfg, memory.architecture(cfg), 1)
+    assert plan.terms["frozen weights (teacher, VAE)"] / GiB == pytest.approx((11_901_408_320 + 83_819_683) * 2 / GiB)
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_model_state_estimate_matches_the_tiny_run_tensors(family, request, tmp_path, monkeypatch):
     """Measured by summing tensor bytes at the generator's optimizer step (its peak of model state: weights,
     both networks' gradients, both optimizers' state), in a real 1-step CPU run; CPU runs fp32, like the
     recipe's model.dtype here. Activations are not compared: their constants are per architecture at real
     size (H100 / H200 measurements)."""
     from dmdr_cli.engines import train
 
-    path = recipe(tmp_path, "sd", tiny_sd, tmp_path / "run", train={"steps": 1, "sample_every": 0},
-                  coldstart={"steps": 0})
+    path = recipe(tmp_path, family, request.getfixturevalue(f"tiny_{family}"), tmp_path / "run",
+                  train={"steps": 1, "sample_every": 0}, coldstart={"steps": 0})
     cfg = validate(__import__("yaml").safe_load(path.read_text()))
     plan = memory.estimate(cfg, memory.architecture(cfg), 1)
     measured = {}

@@ -20,7 +20,8 @@ def rl_recipe(tmp_path, family, folder, run, algorithm, **rl):
 
 
 @pytest.mark.parametrize("family,algorithm", [("sd", "refl"), ("sd3", "refl"), ("sd", "dpo"), ("sd3", "dpo"),
-                                              ("sd", "grpo"), ("sd3", "grpo")])
+                                              ("sd", "grpo"), ("sd3", "grpo"), ("flux", "refl"), ("flux", "dpo"),
+                                              ("flux", "grpo")])
 def test_distill_with_each_rl_algorithm_logs_reward(family, algorithm, request, tmp_path):
     folder = request.getfixturevalue(f"tiny_{family}")
     run = tmp_path / "run"

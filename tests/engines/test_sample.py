@@ -206,7 +206,20 @@ def test_teacher_of_a_run_is_the_bare_teacher_with_the_recipes_settings(student,
     np.testing.assert_array_equal(pixels(out / "00000_00.png"), pixels(teacher_samples / "00000_00.png"))
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+def test_flux_teachers_sample_at_their_pipelines_guidance(tiny_flux, tiny_flux_schnell):
+    """A bare FLUX.1 teacher: dev is told FluxPipeline's 3.5 through its embedding (one pass per step), schnell runs
+    without guidance; both at FluxPipeline's default size (128 latents: 256 px with the tiny VAE)."""
+    from dmdr_cli.evaluate.generators import open_model, sampling_settings
+
+    for folder, cfg in ((tiny_flux, 3.5), (tiny_flux_schnell, 1.0)):
+        ref = open_model(f"teacher:flux:{folder}")
+        settings = sampling_settings(ref, steps=4, cfg=None, seed=0, height=ref.resolution, width=ref.resolution)
+        assert (settings["cfg"], settings["nfe"], ref.resolution) == (cfg, 4, 256)
+    dev = open_model(f"teacher:flux:{tiny_flux}")
+    assert sampling_settings(dev, steps=4, cfg=5.0, seed=0, height=16, width=16)["nfe"] == 4
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_student_samples_at_its_own_steps_whatever_sample_steps_says(family, request, tmp_path):
     """sample.steps is the teacher's (the world recipe sets 25): a 2-step student is drawn at its own 2 steps
     and trained times unless --steps says otherwise."""

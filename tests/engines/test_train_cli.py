@@ -16,12 +16,12 @@ def teacher_denoiser_state(family: str, folder) -> dict:
     from dmdr_cli.recipe.schema import ModelSection
 
     fam = load_family(ModelSection(family=family, pretrained=str(folder), resolution=16, dtype="fp32",
-                                   **({"max_text_tokens": 8} if family == "sd3" else {})),
+                                   **({"max_text_tokens": 8} if family in ("sd3", "flux") else {})),
                       with_text_encoders=False, with_vae=False)
     return {k: v.clone() for k, v in fam.denoiser.state_dict().items()}
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_coldstart_trains_student_and_leaves_teacher(family, request, tmp_path):
     folder = request.getfixturevalue(f"tiny_{family}")
     before = teacher_denoiser_state(family, folder)
@@ -32,7 +32,7 @@ def test_coldstart_trains_student_and_leaves_teacher(family, request, tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and LOG_KEYS <= set(rows[-1])
     assert rows[0]["real_lora_scale"] == pytest.approx(0.5)  # DynaDG s_r0 at k = 0
     gen = weights(run, 2)
-    if family == "sd3":  # LoRA generator: B starts at 0, so any non-zero B is a trained student
+    if family in ("sd3", "flux"):  # LoRA generator: B starts at 0, so any non-zero B is a trained student
         assert any(v.abs().max() > 0 for k, v in gen.items() if "lora_B" in k)
     else:
         assert any(not torch.equal(gen[k], before[k]) for k in before)
@@ -50,12 +50,18 @@ def test_distill_continues_step_counter_from_coldstart(tiny_sd, tmp_path):
     assert checkpoint(run, 3).is_dir()
 
 
-def test_exact_resume_is_bit_identical(tiny_sd, tmp_path):
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_exact_resume_is_bit_identical(family, request, tmp_path):
+    """flux: a LoRA student told its own guidance value, the fake score another, the teacher a jittered one."""
+    folder = request.getfixturevalue(f"tiny_{family}")
+    extra = {}
+    if family == "flux":
+        extra = {"student": {"embedded_guidance": 2.5}, "guidance": {"scale": 3.5, "fake_embedded_guidance": 1.5}}
     straight = tmp_path / "straight"
-    ok("distill", recipe(tmp_path, "sd", tiny_sd, straight, train={"steps": 4}))
+    ok("distill", recipe(tmp_path, family, folder, straight, train={"steps": 4}, **extra))
     halves = tmp_path / "halves"
-    ok("distill", recipe(tmp_path, "sd", tiny_sd, halves, train={"steps": 2}))
-    ok("distill", recipe(tmp_path, "sd", tiny_sd, halves, train={"steps": 4}), "--resume", "latest")
+    ok("distill", recipe(tmp_path, family, folder, halves, train={"steps": 2}, **extra))
+    ok("distill", recipe(tmp_path, family, folder, halves, train={"steps": 4}, **extra), "--resume", "latest")
     for name in ("generator", "fake"):
         a, b = weights(straight, 4, name), weights(halves, 4, name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -25,8 +25,9 @@ def recipe(folder: Path, family: str, model_dir: Path, out: Path, **sections) ->
     """A tiny recipe: 16 px, 2-step student, 2 fake updates per generator update, batch 2."""
     data = {
         "model": {"family": family, "pretrained": str(model_dir), "resolution": 16, "dtype": "fp32",
-                  **({"max_text_tokens": 8} if family == "sd3" else {})},
-        "student": {"steps": 2, "finetune": "lora" if family == "sd3" else "full", "lora_rank": 4, "lora_alpha": 8},
+                  **({"max_text_tokens": 8} if family in ("sd3", "flux") else {})},
+        "student": {"steps": 2, "finetune": "lora" if family in ("sd3", "flux") else "full", "lora_rank": 4,
+                    "lora_alpha": 8},
         "guidance": {"scale": 3.0, "lora_rank": 4, "lora_alpha": 4},
         "dmd": {"fake_updates_per_generator_update": 2},
         "coldstart": {"steps": 2, "dynadg": {"steps": 3}, "dynars": {"steps": 3}},

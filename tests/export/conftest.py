@@ -12,8 +12,8 @@ DERIVED_TEACHERS = {
 
 
 @pytest.fixture(scope="session")
-def teachers(tiny_sd, tiny_sdxl, tiny_sd3, tiny_sd_pixel, tmp_path_factory):
-    folders = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "world": tiny_sd_pixel}
+def teachers(tiny_sd, tiny_sdxl, tiny_sd3, tiny_sd_pixel, tiny_flux, tmp_path_factory):
+    folders = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "world": tiny_sd_pixel, "flux": tiny_flux}
 
     def get(name):
         if name not in folders:

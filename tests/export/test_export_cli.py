@@ -54,7 +54,6 @@ PIXEL_SPACE = "is a pixel-space model (no VAE): single-file checkpoints and Comf
 
 @pytest.mark.parametrize("name, options, phrase", [
     ("sd-full-sde", ["--format", "lora"], "holds a full fine-tune of the denoiser, not a LoRA"),
-    ("sd-lora-ode", ["--format", "comfyui"], "--format comfyui covers the sdxl and sd3 families, not sd, for LoRAs"),
     ("sd-lora-ode", ["--format", "diffusers", "--no-merge-lora"], "needs the full denoiser weights"),
     ("sd-lora-ode", ["--format", "single-file", "--no-merge-lora"], "a single-file checkpoint needs the full denoiser"),
     ("sd-full-sde", ["--format", "comfyui", "--no-merge-lora"], "nothing to keep unmerged"),

@@ -102,13 +102,15 @@ def test_sdxl_keys_match_the_config_derived_sgm_names(trained, export, name):
         assert f.metadata()["ss_network_alpha"] == "12.0" and f.metadata()["ss_network_dim"] == "4"
 
 
-def test_sdxl_file_loads_in_diffusers_to_the_merged_weights(trained, export):
-    """diffusers' kohya reader (load_lora_weights accepts sgm-named kohya files for SDXL), fused, equals our merged
-    export. On SDXL's own block order: diffusers' reader places every up-sampler behind an attention (index 2),
-    which is where SDXL has them; ComfyUI's naming, ours, also covers up-samplers of plain up blocks (index 1)."""
+@pytest.mark.parametrize("name", ["sdxl-ordered-lora", "sd-lora-sde"])
+def test_unet_file_loads_in_diffusers_to_the_merged_weights(trained, export, name):
+    """diffusers' kohya reader (load_lora_weights accepts sgm-named kohya files for SDXL, diffusers-named ones for
+    SD1.x), fused, equals our merged export. On SDXL's own block order: diffusers' reader places every up-sampler
+    behind an attention (index 2), which is where SDXL has them; ComfyUI's naming, ours, also covers up-samplers of
+    plain up blocks (index 1)."""
     from diffusers import DiffusionPipeline
 
-    student = trained("sdxl-ordered-lora")
+    student = trained(name)
     file = export(student, "comfyui") / "comfyui_lora.safetensors"
     merged = load_file(export(student, "safetensors") / "unet.safetensors")
     pipe = DiffusionPipeline.from_pretrained(student.recipe.model.pretrained)

@@ -22,6 +22,8 @@ from dmdr_cli.export.scheduler import student_scheduler
     ("sdxl-full-1step", "LCMScheduler", "none"),
     ("sd3-lora-ode", "FlowMatchEulerDiscreteScheduler", "none"),
     ("sd3-lora-sde", "FlowMatchEulerDiscreteScheduler", "global"),
+    ("flux-lora-ode", "FlowMatchEulerDiscreteScheduler", "none"),
+    ("flux-lora-sde", "FlowMatchEulerDiscreteScheduler", "global"),
 ])
 def test_pipeline_folder_reproduces_our_sampler(trained, export, name, scheduler, step_noise):
     from diffusers import DiffusionPipeline

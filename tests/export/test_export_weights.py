@@ -28,7 +28,7 @@ def fresh_teacher(student):
     return load_family(student.recipe.model, with_text_encoders=False, with_vae=False).denoiser.eval()
 
 
-@pytest.mark.parametrize("name", ["sd-full-sde", "sdxl-lora-sde", "sd3-lora-ode", "sd3-full-ode"])
+@pytest.mark.parametrize("name", ["sd-full-sde", "sdxl-lora-sde", "sd3-lora-ode", "sd3-full-ode", "flux-full-ode"])
 def test_safetensors_holds_the_student_in_native_keys(trained, export, name):
     student = trained(name)
     out = export(student, "safetensors")
@@ -62,7 +62,7 @@ def _loaded_lora_denoiser(student, path, **kwargs):
     return getattr(pipe, student.family.denoiser_subfolder).eval()
 
 
-@pytest.mark.parametrize("name", ["sd-lora-ode", "sdxl-lora-sde", "sd3-lora-ode"])
+@pytest.mark.parametrize("name", ["sd-lora-ode", "sdxl-lora-sde", "sd3-lora-ode", "flux-lora-ode"])
 def test_lora_loads_with_load_lora_weights(trained, export, name):
     student = trained(name)
     out = export(student, "lora")

@@ -28,6 +28,8 @@ CARDS = [
     ("sd35l-lora", "comfyui", MERGE), ("sd35l-lora", "single-file", {}), ("sd35l-lora", "single-file", DENOISER),
     ("world-full-sde", "diffusers", {}), ("world-full-sde", "diffusers", REFERENCE),
     ("world-full-sde", "safetensors", {}), ("world-lora-ode", "lora", {}), ("world-lora-ode", "safetensors", NO_MERGE),
+    ("flux-lora-ode", "lora", {}), ("flux-full-ode", "safetensors", {}), ("flux-lora-sde", "diffusers", {}),
+    ("sd-lora-sde", "comfyui", {}),
 ]
 
 
@@ -58,9 +60,12 @@ def test_every_format_of_every_family_has_a_card_test():
     from dmdr_cli.export.formats import FORMATS
 
     covered = {(STUDENTS[name][1].split("-")[0], fmt) for name, fmt, _ in CARDS}
-    for teacher in ("sd", "sdxl", "sd3", "sd35", "world"):
+    # the world's comfyui and single-file are refused (test_export_cli.py); diffusers reads FLUX's BFL layouts
+    # (comfyui, single-file) only at FLUX's real widths, so those are checked there (test_export_flux_layout.py)
+    elsewhere = {("world", "comfyui"), ("world", "single-file"), ("flux", "comfyui"), ("flux", "single-file")}
+    for teacher in ("sd", "sdxl", "sd3", "sd35", "world", "flux"):
         for fmt in FORMATS:
-            if teacher != "world" or fmt not in ("comfyui", "single-file"):  # refused: test_export_cli.py
+            if (teacher, fmt) not in elsewhere:
                 assert (teacher, fmt) in covered, (teacher, fmt)
 
 
@@ -84,3 +89,10 @@ def test_model_card_describes_the_student(trained, tmp_path):
                  "LoraLoaderModelOnly", "sampler `lcm`", "lora_alpha: 12.0"]:
         assert fact in card, fact
     assert "note" not in card.split("## Evaluation")[1].split("## diffusers")[0]
+
+
+def test_a_flux_dev_card_gives_the_students_guidance_value(trained, export):
+    """The student was told 2.5 through its guidance embedding: the card's call and ComfyUI notes say so."""
+    card = (export(trained("flux-lora-ode"), "comfyui") / "README.md").read_text()
+    assert "guidance_scale=2.5, max_sequence_length=8" in card and "| guidance embedding | told 2.5" in card
+    assert "*FluxGuidance* node at 2.5" in card and 'weight_name="comfyui_lora.safetensors"' in card

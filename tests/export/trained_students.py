@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from dmdr_cli.dmd.networks import GENERATOR, adapter_state, add_lora
-from dmdr_cli.families import Family, load_family
+from dmdr_cli.families import Family, guidance_values_of, load_family
+from dmdr_cli.families.flux import pack, unpack
 from dmdr_cli.recipe import to_yaml, validate
 from dmdr_cli.runtime.checkpoint import save_checkpoint
 from dmdr_cli.sampling import sample
@@ -39,6 +40,11 @@ STUDENTS = {
     "sd35l-lora": ("sd3", "sd35-large", dict(finetune="lora", sampler="sde")),
     "world-full-sde": ("sd", "world", dict(finetune="full")),
     "world-lora-ode": ("sd", "world", dict(finetune="lora", steps=2, sampler="ode")),
+    "sd-lora-sde": ("sd", "sd", dict(finetune="lora")),
+    # the student told 2.5 through the guidance embedding: exports must pass it as guidance_scale
+    "flux-lora-ode": ("flux", "flux", dict(finetune="lora", embedded_guidance=2.5)),
+    "flux-lora-sde": ("flux", "flux", dict(finetune="lora", sampler="sde", steps=2)),
+    "flux-full-ode": ("flux", "flux", dict(finetune="full", steps=2)),
 }
 
 
@@ -64,27 +70,34 @@ class Trained:
 
     @torch.no_grad()
     def reference_sample(self, net: torch.nn.Module | None = None) -> torch.Tensor:
-        """`dmdr_cli.sampling.sample` of `net` (default: the in-memory student), step noise from a seeded generator."""
+        """`dmdr_cli.sampling.sample` of `net` (default: the in-memory student), step noise from a seeded generator
+        drawn in the layout the pipeline draws it in (FluxPipeline: packed tokens), so both see the same values."""
         steps = torch.Generator().manual_seed(STEP_NOISE_SEED)
+
+        def step_noise(like):
+            if self.family.name != "flux":
+                return torch.randn(like.shape, generator=steps).to(like)
+            return unpack(torch.randn(pack(like).shape, generator=steps), *like.shape[2:]).to(like)
+
         return sample(self.family, net if net is not None else self.student, self.initial_noise(),
-                      self.family.encode_prompts(PROMPTS), self.times, self.sampler,
-                      lambda like: torch.randn(like.shape, generator=steps).to(like))
+                      self.family.encode_prompts(PROMPTS), self.times, self.sampler, step_noise)
 
 
 def recipe_for(family: str, teacher: Path, *, finetune: str, steps: int = 4, timesteps=None, sampler: str = "auto",
-               rank: int = 4, alpha: float = 12.0, targets=None, sample: dict | None = None):
+               rank: int = 4, alpha: float = 12.0, targets=None, sample: dict | None = None,
+               embedded_guidance: float | None = None):
     model = {"family": family, "pretrained": str(teacher), "resolution": RESOLUTION, "dtype": "fp32"}
-    if family == "sd3":
+    if family in ("sd3", "flux"):
         model["max_text_tokens"] = T5_TOKENS
     student = {"steps": steps, "timesteps": timesteps, "sampler": sampler, "finetune": finetune,
-               "lora_rank": rank, "lora_alpha": alpha, "lora_targets": targets}
+               "lora_rank": rank, "lora_alpha": alpha, "lora_targets": targets, "embedded_guidance": embedded_guidance}
     return validate({"model": model, "student": student, "train": {"steps": 1000}, "sample": sample or {}})
 
 
 def train(run: Path, family_name: str, teacher: Path, *, seed: int = 0, **recipe_fields) -> Trained:
     """Stand-in for training: perturb every weight (full), or give the LoRA random non-zero A and B (lora)."""
     recipe = recipe_for(family_name, teacher, **recipe_fields)
-    family = load_family(recipe.model, uncond_mode=recipe.guidance.uncond)
+    family = load_family(recipe.model, uncond_mode=recipe.guidance.uncond, guidance_values=guidance_values_of(recipe))
     net = family.denoiser.eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     s = recipe.student
@@ -161,10 +174,10 @@ def assert_reproduces(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def call_as_the_card_says(pipe, spec, student, card: str) -> torch.Tensor:
-    """The model card's call (times, no CFG, step-noise seeding), plus latents= and output_type for the test."""
-    kwargs = dict(height=RESOLUTION, width=RESOLUTION, **spec.call, guidance_scale=1.0)
-    if student.family.name == "sd3":
-        kwargs["max_sequence_length"] = T5_TOKENS
+    """The model card's call (times, no CFG, step-noise seeding), plus latents= and output_type for the test.
+
+    FluxPipeline takes and returns latents packed into 2x2-patch tokens."""
+    kwargs = dict(height=RESOLUTION, width=RESOLUTION, **spec.call, **student.family.pipeline_arguments())
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     assert f"image = pipe(prompt, {shown}" in card
     if spec.step_noise == "generator":
@@ -173,5 +186,8 @@ def call_as_the_card_says(pipe, spec, student, card: str) -> torch.Tensor:
     elif spec.step_noise == "global":
         assert "torch.manual_seed(0)" in card
         torch.manual_seed(STEP_NOISE_SEED)
+    noise = student.initial_noise()
+    packed = student.family.name == "flux"
     with torch.no_grad():
-        return pipe(PROMPTS, latents=student.initial_noise(), output_type="latent", **kwargs).images
+        out = pipe(PROMPTS, latents=pack(noise) if packed else noise, output_type="latent", **kwargs).images
+    return unpack(out, *noise.shape[2:]) if packed else out

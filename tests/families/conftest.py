@@ -6,8 +6,9 @@ from family_helpers import load
 
 
 @pytest.fixture(scope="session")
-def folders(tiny_sd, tiny_sd_pixel, tiny_sdxl, tiny_sd3, tiny_sd3_no_t5):
-    return {"sd": tiny_sd, "sd-pixel": tiny_sd_pixel, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "sd3-no-t5": tiny_sd3_no_t5}
+def folders(tiny_sd, tiny_sd_pixel, tiny_sdxl, tiny_sd3, tiny_sd3_no_t5, tiny_flux, tiny_flux_schnell):
+    return {"sd": tiny_sd, "sd-pixel": tiny_sd_pixel, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "sd3-no-t5": tiny_sd3_no_t5,
+            "flux": tiny_flux, "flux-schnell": tiny_flux_schnell}
 
 
 @pytest.fixture(scope="session")

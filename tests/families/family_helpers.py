@@ -8,7 +8,7 @@ T5_TOKENS = 8
 
 def model_section(family: str, folder, **overrides) -> ModelSection:
     fields = dict(family=family, pretrained=str(folder), resolution=RESOLUTION, dtype="fp32")
-    if family == "sd3":
+    if family in ("sd3", "flux"):
         fields["max_text_tokens"] = T5_TOKENS
     return ModelSection(**{**fields, **overrides})
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from family_helpers import RESOLUTION, T5_TOKENS, load
 
-from dmdr_cli.families import FAMILIES, SD3Family, SDFamily, SDXLFamily
+from dmdr_cli.families import FAMILIES, FluxFamily, SD3Family, SDFamily, SDXLFamily
 from dmdr_cli.families.base import Cond, Guidance
 
 PROMPTS = ["a red cat", "two blue cubes on the left of a dog"]
-VARIANTS = ["sd", "sd-pixel", "sdxl", "sd3", "sd3-no-t5"]
+VARIANTS = ["sd", "sd-pixel", "sdxl", "sd3", "sd3-no-t5", "flux-schnell"]  # flux-dev embeds guidance: no CFG
 
 
 def pipeline(folder):
@@ -32,13 +32,13 @@ def test_importing_families_does_not_import_diffusers():
 
 
 def test_registry():
-    assert FAMILIES == {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family}
+    assert FAMILIES == {"sd": SDFamily, "sdxl": SDXLFamily, "sd3": SD3Family, "flux": FluxFamily}
     assert (SDFamily.denoiser_subfolder, SD3Family.denoiser_subfolder) == ("unet", "transformer")
     assert SDXLFamily.pipeline_class == "StableDiffusionXLPipeline"
 
 
 @pytest.mark.parametrize("variant, latent_shape", [
-    ("sd", (4, 8, 8)), ("sd-pixel", (3, 16, 16)), ("sdxl", (4, 8, 8)), ("sd3", (16, 8, 8))])
+    ("sd", (4, 8, 8)), ("sd-pixel", (3, 16, 16)), ("sdxl", (4, 8, 8)), ("sd3", (16, 8, 8)), ("flux", (16, 8, 8))])
 def test_latent_geometry(loaded, variant, latent_shape):
     family = loaded(variant)
     assert family.noise(2, RESOLUTION, RESOLUTION).shape == (2, *latent_shape)
@@ -142,7 +142,7 @@ def test_default_samplers(loaded):
         ("sde", "sde", "ode")
 
 
-@pytest.mark.parametrize("variant", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("variant", ["sd", "sdxl", "sd3", "flux"])
 def test_decode_uses_the_vae_scaling_and_shift(loaded, variant):
     family = loaded(variant)
     vae = family.components.vae
@@ -231,7 +231,7 @@ def test_zeros_unconditional_keeps_time_ids(folders):
     assert isinstance(uncond, Cond)
 
 
-@pytest.mark.parametrize("variant", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("variant", ["sd", "sdxl", "sd3", "flux"])
 def test_lora_targets_name_modules_of_the_denoiser(loaded, variant):
     family = loaded(variant)
     names = [name for name, _ in family.denoiser.named_modules()]

@@ -52,7 +52,7 @@ def test_wrong_family(tiny_sd3):
 
 @pytest.mark.parametrize("class_name, family", [
     ("StableDiffusionPipeline", "sd"), ("StableDiffusionXLPipeline", "sdxl"), ("StableDiffusion3Pipeline", "sd3"),
-    ("StableDiffusionXLImg2ImgPipeline", "sdxl"), ("FluxPipeline", None)])
+    ("StableDiffusionXLImg2ImgPipeline", "sdxl"), ("FluxPipeline", "flux"), ("KandinskyPipeline", None)])
 def test_family_of_pipeline(class_name, family):
     assert family_of_pipeline(class_name) == family
 

@@ -14,7 +14,7 @@ from dmdr_cli.data.images import open_images
 from dmdr_cli.dmd.gan import GanHead, GanTerm, bottleneck_features, generator_gan_loss, head_loss
 from dmdr_cli.errors import DmdrError
 
-MODELS = {"sd": ("tiny_sd_pixel", 16), "sdxl": ("tiny_sdxl", 16), "sd3": ("tiny_sd3", 16)}
+MODELS = {"sd": ("tiny_sd_pixel", 16), "sdxl": ("tiny_sdxl", 16), "sd3": ("tiny_sd3", 16), "flux": ("tiny_flux", 16)}
 
 
 def softplus(x: float) -> float:
@@ -47,7 +47,7 @@ def load(family: str, request):
     fixture, resolution = MODELS[family]
     folder = request.getfixturevalue(fixture)
     return load_family(ModelSection(family=family, pretrained=str(folder), resolution=resolution, dtype="fp32",
-                                    **({"max_text_tokens": 8} if family == "sd3" else {})))
+                                    **({"max_text_tokens": 8} if family in ("sd3", "flux") else {})))
 
 
 @pytest.mark.parametrize("family", list(MODELS))
@@ -68,7 +68,8 @@ def test_bottleneck_features_are_the_named_modules_output_and_nothing_after_it_r
         features = bottleneck_features(fam, net, x_t, t, cond)
     for h in hooks:
         h.remove()
-    side = {"sd": 8, "sdxl": 4, "sd3": 4}[family]  # pixel 16 px / one downsample; latents 8 / one; 8 / patch 2
+    # pixel 16 px / one downsample; latents 8 / one; 8 / patch 2; FLUX: latents 8 packed 2x2
+    side = {"sd": 8, "sdxl": 4, "sd3": 4, "flux": 4}[family]
     assert features.shape == (2, 16, side, side)
     assert torch.equal(features, full)
     assert len(ran) < len(ran_full) and ran_full[-1] not in ran, "the layers after the bottleneck never run"
