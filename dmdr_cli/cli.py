@@ -88,6 +88,9 @@ def _train_command(stage: str):
         print_plan(cfg, stage=stage, init=init, resume=resume, console=console, processes=processes,
                    gpu_memory=gpu_memory)
         if dry_run:
+            from .data.prompt_report import print_prompt_report
+
+            print_prompt_report(cfg, console)
             return
         from .engines.train import run_training
 

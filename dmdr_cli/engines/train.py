@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ..data.prompts import prompt_index, read_prompts
+from ..data.conditioning import PromptConditions, encode_all
+from ..data.prompts import prompt_index, recipe_prompts
 from ..errors import DmdrError
 from ..recipe import Recipe, to_yaml
 from ..runtime import checkpoint as ckpt
@@ -84,8 +85,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         raise DmdrError("coldstart.steps is 0: nothing to do for `dmdr coldstart` (set coldstart.steps > 0)")
 
     # ---- everything a user can get wrong is checked before any weight loads -----------------------
-    prompts = read_prompts(cfg.data.prompts)
-    val_prompts = (read_prompts(cfg.data.validation_prompts) if cfg.data.validation_prompts else prompts)
+    prompts = recipe_prompts(cfg.data)
+    val_prompts = recipe_prompts(cfg.data, validation=True) if cfg.data.validation_prompts else prompts
     val_prompts = val_prompts[: cfg.data.num_validation]
     run = RunFolder(Path(cfg.output.dir), resume=resume is not None)
     resume_from = ckpt.resolve_checkpoint(resume, run.path) if resume else None
@@ -109,13 +110,17 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     from ..evaluate import plugins
 
     benches = plugins.run_benches(cfg, stage)  # their validation metrics and end-of-run reports
-    all_prompts = sorted(set(prompts) | set(val_prompts) | set(plugins.bench_prompts(benches)))
+    if dist.is_main:
+        console.print(prompts.summary())
+    # validation and bench prompts are few and encoded once; the training set's as data.cache_embeddings says
+    fixed_prompts = sorted(set(val_prompts) | set(plugins.bench_prompts(benches)))
     with console.status("encoding prompts") if dist.is_main else contextlib.nullcontext():
-        conds = encode_all(family, all_prompts, device)
+        fixed_conds = encode_all(family, fixed_prompts, device)
+        conds = PromptConditions(family, prompts, cached=cfg.data.cache_embeddings)
         uncond = family.unconditional()
     if cfg.data.cache_embeddings:
         family.release_text_encoders()
-    index_of = {p: i for i, p in enumerate(all_prompts)}
+    index_of = {p: i for i, p in enumerate(fixed_prompts)}
     teacher = family.denoiser
     if cfg.train.gradient_checkpointing:
         teacher.enable_gradient_checkpointing()
@@ -183,9 +188,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             """Sample ids, prompts and conditioning of this process's slice of one micro-batch."""
             base = ((k * K + inner) * A + micro) * global_batch + dist.rank * B
             ids = list(range(base, base + B))
-            texts = [prompts[prompt_index(i, len(prompts), cfg.train.seed)] for i in ids]
-            cond = conds[[index_of[t] for t in texts]].to(device)
-            return ids, texts, cond
+            rows = [prompt_index(i, len(prompts), cfg.train.seed) for i in ids]
+            return ids, [prompts[r] for r in rows], conds[rows].to(device)
 
         def save(k: int):
             optimizers = {"generator": opt_g, "fake": opt_f}
@@ -243,12 +247,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             (fake_loss / A).backward()
             fake_losses.append(fake_loss.detach())
 
-        val_cond = conds[[index_of[p] for p in val_prompts]]
+        val_cond = fixed_conds[[index_of[p] for p in val_prompts]]
         val_rewards = rl_branch.rewards if rl_branch is not None else []
 
         def encode(texts: list[str]):
             """The conditioning of prompts encoded above (a bench's, the run's own)."""
-            return conds[[index_of[p] for p in texts]]
+            return fixed_conds[[index_of[p] for p in texts]]
 
         def run_validation(k: int, best: float | None) -> float | None:
             """Validation metrics into the log, a grid into samples/, and the best checkpoint by weighted reward."""
@@ -379,14 +383,6 @@ def ode_warm_start(ctx, conds, run_dir: Path, dist: Dist, log: MetricsLog, conso
                 log.write(0, {"phase": "ode_regression", "iteration": it + 1, "ode_regression_loss": float(value)})
                 progress.update(it + 1, {"loss": float(value)})
     reducer.remove()
-
-
-def encode_all(family, prompts: list[str], device, batch: int = 64):
-    """Embeddings for every prompt, computed once (the text encoders can leave the GPU afterwards)."""
-    from ..families.base import Cond
-
-    parts = [family.encode_prompts(prompts[i:i + batch]).to("cpu") for i in range(0, len(prompts), batch)]
-    return Cond.cat(parts)
 
 
 def run_state(cfg: Recipe, stage: str, nets, processes: int) -> dict:

@@ -165,8 +165,16 @@ class RLSection(Section):
 
 
 class DataSection(Section):
-    prompts: str = Field("builtin:demo", description="Training prompts: a text file (one per line) or builtin:NAME.")
-    validation_prompts: Optional[str] = Field(None, description="Held-out prompts for validation and grids; None: the first training prompts.")
+    prompts: str = Field(
+        "builtin:demo", description="Training prompts: a text file (one per line), a .csv / .tsv / .jsonl / .parquet "
+                                    "file (its prompt column), hf:REPO[:SPLIT] (a Hugging Face dataset through the "
+                                    "datasets library and its cache, or a local dataset folder) or builtin:NAME.")
+    validation_prompts: Optional[str] = Field(None, description="Held-out prompts for validation and grids (same forms as prompts); None: the first training prompts.")
+    prompt_column: Optional[str] = Field(
+        None, description="Column of prompts in a table or dataset; None: 'prompt', 'text' or 'caption', whichever "
+                          "comes first, or the only column. Ignored for text files and built-in sets.")
+    deduplicate: bool = Field(False, description="Drop repeated prompts (first kept); repeats are counted either way "
+                                                 "(--dry-run shows them).")
     num_validation: int = Field(8, ge=1, le=1024, description="Validation prompts used (also the sample-grid size).")
     cache_embeddings: bool = Field(True, description="Encode all prompts once and free the text encoders.")
 

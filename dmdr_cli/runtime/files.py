@@ -76,6 +76,16 @@ def read_bytes(path: Path | str, what: str = "", fix: str = "check the path") ->
         raise DmdrError(f"{_label(what, path)} cannot be read ({reason(err)}): {fix}") from None
 
 
+def open_binary(path: Path | str, what: str = "", fix: str = "check the path"):
+    """A regular file opened for reading in binary mode, for readers that stream it (one line if it cannot be)."""
+    path = Path(path)
+    _check_regular(path, what, fix)
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise DmdrError(f"{_label(what, path)} cannot be read ({reason(err)}): {fix}") from None
+
+
 def read_text(path: Path | str, what: str = "", fix: str = "check the path",
               encoding: str = "utf-8") -> str:
     raw = read_bytes(path, what, fix)
