@@ -172,7 +172,8 @@ class ExportDtype(str, Enum):
          "Examples:\n\n"
          "  dmdr export runs/sdxl-4step --format diffusers --out exports/sdxl-4step\n\n"
          "  dmdr export runs/sd3m/checkpoints/latest --format comfyui --out exports/sd3m-comfyui\n\n"
-         "  dmdr export runs/sd3m/checkpoints/step-004000 --format safetensors --dtype bf16 --out exports/sd3m",
+         "  dmdr export runs/sd3m/checkpoints/step-004000 --format safetensors --dtype bf16 --out exports/sd3m\n\n"
+         "  dmdr export runs/sdxl-4step --format lora --out exports/sdxl-4step --push-to-hub you/sdxl-4step-dmdr",
 )
 @user_errors
 def export(
@@ -191,11 +192,16 @@ def export(
         None, "--copy-components/--reference-components", show_default=False,
         help="diffusers format: copy the teacher's unchanged components into the folder (default), or write only "
              "the denoiser and scheduler and load the rest from the teacher (see the model card)."),
+    push_to_hub: Optional[str] = typer.Option(
+        None, "--push-to-hub", show_default=False,
+        help="Then upload the export to this Hugging Face model repo (NAMESPACE/NAME; created if needed) in one "
+             "commit, with the token of `hf auth login` or HF_TOKEN."),
+    private: bool = typer.Option(False, "--private", help="Create the --push-to-hub repo as private."),
 ):
     from .engines.export import run_export
 
     run_export(checkpoint, fmt=fmt.value, out=out, dtype=dtype.value, merge_lora=merge_lora, overwrite=overwrite,
-               copy_components=copy_components, console=console)
+               copy_components=copy_components, push_to_hub=push_to_hub, private=private, console=console)
 
 
 world_app = typer.Typer(help="The built-in shapes world: train its teacher and its world-clip reward on a CPU.",

@@ -86,6 +86,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
 
     # ---- everything a user can get wrong is checked before any weight loads -----------------------
     prompts = recipe_prompts(cfg.data)
+    if stage == "distill":
+        from .export import check_push
+
+        check_push(cfg)  # a token missing at the end of a long run would be found too late
     val_prompts = recipe_prompts(cfg.data, validation=True) if cfg.data.validation_prompts else prompts
     val_prompts = val_prompts[: cfg.data.num_validation]
     run = RunFolder(Path(cfg.output.dir), resume=resume is not None)
@@ -344,6 +348,11 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         if dist.is_main:
             reports = plugins.final_reports(benches, ctx, encode, run.path, console)
             outputs += [f"report:{name}" for name in reports]
+            if stage == "distill" and cfg.output.push.repo_id:  # a failed upload leaves the run to finish on resume
+                from .export import push_run
+
+                push_run(cfg, run.path / "checkpoints" / ckpt.step_dir_name(k), run.path, console)
+                outputs.append(f"hub:{cfg.output.push.repo_id}")
             fault_point("before-done-marker")
             mark_done(run.path, k, stage, outputs)
         log.close()

@@ -240,8 +240,22 @@ class SampleSection(Section):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Base seed; image i of prompt p uses a seed derived from (seed, p, i).")
 
 
+class PushSection(Section):
+    """Upload the student to the Hugging Face Hub when `dmdr distill` ends (as `dmdr export --push-to-hub` does)."""
+
+    repo_id: Optional[str] = Field(
+        None, description="Model repo NAMESPACE/NAME, created if needed; None: no upload. The token of `hf auth "
+                          "login` or HF_TOKEN is checked before training starts.")
+    private: bool = Field(False, description="Create the repo as private.")
+    format: Literal["auto", "safetensors", "diffusers", "lora", "comfyui"] = Field(
+        "auto", description="What to export into RUN/export and upload; auto: lora for a LoRA generator, else "
+                            "diffusers.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("fp16", description="dtype of the uploaded weights.")
+
+
 class OutputSection(Section):
     dir: str = Field("runs/dmdr", description="Run folder: checkpoints, logs, grids, resolved recipe.")
+    push: PushSection = Field(default_factory=PushSection, description="Upload to the Hub at the end of the run.")
 
 
 class WorldTeacherSection(Section):
