@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import DmdrError
 
@@ -43,7 +44,8 @@ def user_errors(fn):
         except DmdrError as e:
             if os.environ.get("DMDR_DEBUG") == "1":
                 raise
-            err_console.print(f"[bold red]error:[/] {e.message}", markup=True, highlight=False)
+            # escaped: a message naming an extra, 'dmdr[wandb]', is text, not rich markup
+            err_console.print(f"[bold red]error:[/] {escape(e.message)}", markup=True, highlight=False)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper

@@ -22,6 +22,7 @@ from ..runtime import checkpoint as ckpt
 from ..runtime.distributed import Dist, GradReducer, clip_grad_norm
 from ..runtime.faults import fault_point, inject_nan
 from ..runtime.monitor import MetricsLog, StepProgress
+from ..runtime.reporting import check_report_to, open_reporters
 from ..runtime.precision import (autocast_dtype, frozen_dtype, is_sharded, make_optimizer, optimizer_state_bytes,
                                  parameter_owners, setup_backends)
 from ..runtime import compat
@@ -86,6 +87,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
 
     # ---- everything a user can get wrong is checked before any weight loads -----------------------
     prompts = recipe_prompts(cfg.data)
+    check_report_to(cfg.train.report_to)
     if stage == "distill":
         from .export import check_push
 
@@ -176,7 +178,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     # a write that fails from here on (disk full) is one line; a new run that fails before its first checkpoint
     # leaves no folder behind
     with run.failure_guard(fresh=start == 0 and resume_from is None, is_main=dist.is_main):
-        log = MetricsLog(run.path / "log.jsonl", enabled=dist.is_main)
+        reporters = open_reporters(cfg.train.report_to, run.path, config=cfg.model_dump(mode="json"),
+                                   project=cfg.train.wandb_project, resume=resume_from is not None) if dist.is_main else []
+        log = MetricsLog(run.path / "log.jsonl", enabled=dist.is_main, reporters=reporters)
         log.truncate_after(start)
         if recipe_changes:  # --allow-recipe-change: the run is no longer the uninterrupted one, and says so
             log.write(start, {"event": "recipe_change", "changes": recipe_changes})
@@ -263,8 +267,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
             metrics.update(plugins.validation_metrics(benches, ctx, encode))
             (run.path / "samples").mkdir(exist_ok=True)
-            grid_image(images).save(run.path / "samples" / f"validation-{k:06d}.png")
+            grid = run.path / "samples" / f"validation-{k:06d}.png"
+            grid_image(images).save(grid)
             log.write(k, metrics)
+            log.image(k, "validation", grid)
             score = metrics.get("val_reward_weighted")
             if score is not None and (best is None or score > best):
                 ckpt.mark_best(run.path, k, metrics)
@@ -323,8 +329,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
                     progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
                 if cfg.train.sample_every and k % cfg.train.sample_every == 0 and dist.is_main:
-                    save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
-                                     k, cfg.train.seed)
+                    log.image(k, "samples", save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
+                                                             k, cfg.train.seed))
                 validating = cfg.train.validate_every and k % cfg.train.validate_every == 0
                 due = (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps or validating
                 stop = dist.any(preempt.requested)  # the signal may reach one process only; all must save and stop
@@ -342,8 +348,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         fault_point("before-end-outputs")
         outputs = [f"checkpoints/{ckpt.step_dir_name(k)}"]
         if dist.is_main and cfg.train.sample_every:
-            save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
-                             k, cfg.train.seed)
+            log.image(k, "samples", save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
+                                                     k, cfg.train.seed))
             outputs.append("samples")
         if dist.is_main:
             reports = plugins.final_reports(benches, ctx, encode, run.path, console)

@@ -8,7 +8,7 @@ family-specific values live in the shipped recipes.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -209,6 +209,12 @@ class TrainSection(Section):
     checkpoint_every: int = Field(500, ge=0, description="Generator steps between checkpoints (0: only at the end).")
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept (oldest removed).")
     max_nonfinite_steps: int = Field(5, ge=1, description="Consecutive non-finite updates before the run stops.")
+    report_to: List[Literal["tensorboard", "wandb"]] = Field(
+        ["tensorboard"], description="Dashboards the log is mirrored to besides log.jsonl: tensorboard (where "
+                                     "installed), wandb (pip install 'dmdr[wandb]': scalars, sample and validation "
+                                     "grids, the recipe as config; --resume continues the same W&B run; "
+                                     "WANDB_MODE=offline writes RUN/wandb/ for `wandb sync`).")
+    wandb_project: str = Field("dmdr", min_length=1, description="W&B project of the run (its name: the run folder's).")
 
     @model_validator(mode="after")
     def _no_fp16(self):
