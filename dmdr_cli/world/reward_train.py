@@ -35,7 +35,7 @@ from .prompts import generate_prompts, render_for
 from .reward_model import WorldClip, WorldClipConfig
 from .reward_probe import probe_all
 from .scene import check_size
-from .teacher import dense_pool, derived_seed, torch_threads, world_batch
+from .batches import dense_pool, derived_seed, torch_threads, world_batch
 
 MARGIN_PERCENTILE = 90
 MAX_BLUR_SHARE, MAX_NOISE = 0.7, 0.08  # noise std in [0, 1] pixel units
