@@ -40,6 +40,7 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _check_int_options(kwargs)
             return fn(*args, **kwargs)
         except DmdrError as e:
             if os.environ.get("DMDR_DEBUG") == "1":
@@ -49,6 +50,18 @@ def user_errors(fn):
             raise typer.Exit(e.exit_code) from None
 
     return wrapper
+
+
+INT64 = 2**63
+
+
+def _check_int_options(options: dict) -> None:
+    """Every integer option fits 64 bits (torch seeds, sizes and counts are int64): one line, not an overflow."""
+    for name, value in options.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, int) and not isinstance(v, bool) and not -INT64 <= v < INT64:
+                raise DmdrError(f"--{name.replace('_', '-')} {v} does not fit in 64 bits: give a number below 2^63")
 
 
 RecipeArg = typer.Argument(..., help="Path of a YAML recipe (see recipes/).", show_default=False)

@@ -107,6 +107,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         loaded = compat.inspect(ckpt.resolve_checkpoint(init, Path(init)))
         compat.check_against_recipe(loaded, cfg, mode="init")
 
+    from ..families.loading import check_resolution
+
+    check_resolution(cfg.model)  # a size the VAE (and an MMDiT's patches) cannot divide fails deep in a forward
+
     # ---- models ----------------------------------------------------------------------------------
     from ..families import FAMILIES, load_family
 

@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 
 from ..errors import DmdrError
-from ..runtime.files import check_output_dir
+from ..runtime.files import check_output_dir, refuse_file
 from ..recipe import to_yaml
 from ..runtime.checkpoint import load_checkpoint, optimizer_from_files, resolve_checkpoint, save_checkpoint
 from ..runtime.monitor import MetricsLog, StepProgress
@@ -121,6 +121,7 @@ def train_teacher(recipe, *, resume: str | None = None, console: Console | None 
         raise DmdrError(f"model.family: the world teacher is an sd-family pipeline; set model.family: sd, "
                         f"not {recipe.model.family}")
     export_dir = Path(recipe.model.pretrained)
+    refuse_file(export_dir, "model.pretrained (the teacher is written there)", fix="choose another model.pretrained")
     if export_dir.exists() and any(export_dir.iterdir()) and not (export_dir / "train_log.jsonl").is_file():
         raise DmdrError(f"model.pretrained: {export_dir} holds something other than a world teacher (no "
                         f"train_log.jsonl), and the teacher is written there: choose an empty or new folder")
