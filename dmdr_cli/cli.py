@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import DmdrError
 
@@ -39,14 +40,28 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _check_int_options(kwargs)
             return fn(*args, **kwargs)
         except DmdrError as e:
             if os.environ.get("DMDR_DEBUG") == "1":
                 raise
-            err_console.print(f"[bold red]error:[/] {e.message}", markup=True, highlight=False)
+            # escaped: a message naming an extra, 'dmdr[wandb]', is text, not rich markup
+            err_console.print(f"[bold red]error:[/] {escape(e.message)}", markup=True, highlight=False)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper
+
+
+INT64 = 2**63
+
+
+def _check_int_options(options: dict) -> None:
+    """Every integer option fits 64 bits (torch seeds, sizes and counts are int64): one line, not an overflow."""
+    for name, value in options.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, int) and not isinstance(v, bool) and not -INT64 <= v < INT64:
+                raise DmdrError(f"--{name.replace('_', '-')} {v} does not fit in 64 bits: give a number below 2^63")
 
 
 RecipeArg = typer.Argument(..., help="Path of a YAML recipe (see recipes/).", show_default=False)
@@ -88,6 +103,9 @@ def _train_command(stage: str):
         print_plan(cfg, stage=stage, init=init, resume=resume, console=console, processes=processes,
                    gpu_memory=gpu_memory)
         if dry_run:
+            from .data.prompt_report import print_prompt_report
+
+            print_prompt_report(cfg, console)
             return
         from .engines.train import run_training
 
@@ -173,7 +191,8 @@ class ExportDtype(str, Enum):
          "  dmdr export runs/sdxl-4step --format diffusers --out exports/sdxl-4step\n\n"
          "  dmdr export runs/sdxl-4step --format single-file --out exports/sdxl-4step-checkpoint\n\n"
          "  dmdr export runs/sd3m/checkpoints/latest --format comfyui --out exports/sd3m-comfyui\n\n"
-         "  dmdr export runs/sd3m/checkpoints/step-004000 --format safetensors --dtype bf16 --out exports/sd3m",
+         "  dmdr export runs/sd3m/checkpoints/step-004000 --format safetensors --dtype bf16 --out exports/sd3m\n\n"
+         "  dmdr export runs/sdxl-4step --format lora --out exports/sdxl-4step --push-to-hub you/sdxl-4step-dmdr",
 )
 @user_errors
 def export(
@@ -196,11 +215,17 @@ def export(
         False, "--denoiser-only",
         help="single-file checkpoints: the UNet / MMDiT alone in the original layout (ComfyUI's Load Diffusion "
              "Model), the text encoders and VAE left to the base model."),
+    push_to_hub: Optional[str] = typer.Option(
+        None, "--push-to-hub", show_default=False,
+        help="Then upload the export to this Hugging Face model repo (NAMESPACE/NAME; created if needed) in one "
+             "commit, with the token of `hf auth login` or HF_TOKEN."),
+    private: bool = typer.Option(False, "--private", help="Create the --push-to-hub repo as private."),
 ):
     from .engines.export import run_export
 
     run_export(checkpoint, fmt=fmt.value, out=out, dtype=dtype.value, merge_lora=merge_lora, overwrite=overwrite,
-               copy_components=copy_components, denoiser_only=denoiser_only, console=console)
+               copy_components=copy_components, denoiser_only=denoiser_only, push_to_hub=push_to_hub, private=private,
+               console=console)
 
 
 world_app = typer.Typer(help="The built-in shapes world: train its teacher and its world-clip reward on a CPU.",

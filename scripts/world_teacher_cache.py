@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dmdr_cli.engines.train import encode_all
+from dmdr_cli.data.conditioning import encode_all
 from dmdr_cli.families import load_family
 from dmdr_cli.recipe import load_recipe
 from dmdr_cli.runtime.precision import autocast, autocast_dtype, frozen_dtype

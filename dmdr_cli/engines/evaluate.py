@@ -79,7 +79,10 @@ class Subject:
 def _model_subject(model: str, options: EvaluateOptions) -> Subject:
     from ..evaluate.generators import open_model
 
+    from .sample import check_sample_options
+
     ref = open_model(model, domain=options.domain)
+    check_sample_options(ref, options.sample)  # sizes, --cfg: before any judge loads
     return Subject(label=ref.label, domain=ref.domain, ref=ref)
 
 
@@ -206,7 +209,7 @@ def _sample_folders(subject: Subject, benches: list[str], options: EvaluateOptio
                 if prompts is None:  # a domain model's score table: its domain's prompts
                     from ..data.prompts import read_prompts
 
-                    prompts = (read_prompts(domain.score_prompts), domain.score_prompts)
+                    prompts = (list(read_prompts(domain.score_prompts)), domain.score_prompts)
             result = run_sample(subject.ref.spec, out, prompts=prompts, bench=None if kind == "prompts" else kind,
                                 options=options.sample, console=console, dist=dist, samplers=samplers)
             subject.info = {k: result.settings[k] for k in ("kind", "steps", "nfe", "cfg") if k in result.settings}

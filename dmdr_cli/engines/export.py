@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import DmdrError
+from ..export import hub
 from ..export.formats import (DTYPES, FORMATS, write_comfyui, write_diffusers, write_lora, write_pixel_pipeline,
                               write_safetensors, write_single_file, writes_single_file)
 from ..export.kohya import COMFYUI_FAMILIES
@@ -73,8 +74,12 @@ def check_request(source: ExportSource, fmt: str, dtype: str, merge_lora: bool |
 
 def run_export(checkpoint: str | Path, *, fmt: str, out: Path, dtype: str = "fp16", merge_lora: bool | None = None,
                overwrite: bool = False, copy_components: bool | None = None, denoiser_only: bool = False,
-               console: Console | None = None) -> Path:
+               push_to_hub: str | None = None, private: bool = False, console: Console | None = None) -> Path:
     console = console or Console(highlight=False)
+    if private and not push_to_hub:
+        raise DmdrError("--private applies to the repo --push-to-hub creates: add --push-to-hub REPO_ID")
+    if push_to_hub:
+        hub.check_repo_id(push_to_hub)
     source = open_checkpoint(checkpoint)
     merge = check_request(source, fmt, dtype, merge_lora, copy_components, denoiser_only)
     model = source.recipe.model
@@ -102,6 +107,48 @@ def run_export(checkpoint: str | Path, *, fmt: str, out: Path, dtype: str = "fp1
             files += write_pixel_pipeline(folder)
         card = model_card(student, fmt=fmt, files=files, dtype=dtype, copied=copy,
                           metrics=evaluation_results(source.run_dir), denoiser_only=denoiser_only)
+        card = hub.add_hub_metadata(card, student, fmt, folder)
         (folder / "README.md").write_text(card, encoding="utf-8")
     console.print(f"[green]exported[/] {source.checkpoint} (step {source.step}) as {fmt} to {output.out}")
+    if push_to_hub:
+        plan = hub.upload_plan(output.out, push_to_hub, private=private,
+                               commit_message=hub.export_commit_message(source, fmt))
+        with console.status(f"pushing {len(plan.files)} files to {push_to_hub}"):
+            url = hub.push(plan, output.out)
+        console.print(f"[green]pushed[/] to https://huggingface.co/{push_to_hub} ({url})")
     return output.out
+
+
+def push_format(cfg) -> str:
+    fmt = cfg.output.push.format
+    return fmt if fmt != "auto" else ("lora" if cfg.student.finetune == "lora" else "diffusers")
+
+
+def check_push(cfg) -> None:
+    """`output.push` checked before a run trains: a repo id, a format the generator can give, a token, online."""
+    push = cfg.output.push
+    if not push.repo_id:
+        return
+    hub.check_repo_id(push.repo_id, "output.push.repo_id")
+    fmt = push_format(cfg)
+    if fmt == "lora" and cfg.student.finetune != "lora":
+        raise DmdrError(f"output.push.format is lora but student.finetune is {cfg.student.finetune}: a full "
+                        f"fine-tune exports as safetensors, diffusers, single-file or comfyui")
+    if fmt == "comfyui" and cfg.model.family not in COMFYUI_FAMILIES:
+        raise DmdrError(f"output.push.format comfyui covers the {' and '.join(COMFYUI_FAMILIES)} families, not "
+                        f"{cfg.model.family}: use safetensors or lora")
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise DmdrError("output.push.repo_id is set but the Hub is offline here (HF_HUB_OFFLINE=1): unset it, or "
+                        "remove output.push and upload later with dmdr export --push-to-hub")
+    if not get_token():
+        raise DmdrError("output.push.repo_id needs a Hugging Face token: run `hf auth login` (or set HF_TOKEN) "
+                        "before the run, or remove output.push")
+
+
+def push_run(cfg, checkpoint: Path, run_dir: Path, console: Console) -> Path:
+    """The end of a run with output.push: export the final checkpoint into RUN/export and upload it."""
+    push = cfg.output.push
+    return run_export(checkpoint, fmt=push_format(cfg), out=run_dir / "export", dtype=push.dtype, overwrite=True,
+                      push_to_hub=push.repo_id, private=push.private, console=console)

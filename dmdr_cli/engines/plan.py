@@ -65,7 +65,7 @@ def _family_targets(family: str) -> tuple[list[str], list[str]]:
 
 
 def _prompt_check(spec: str) -> str | None:
-    if spec.startswith("builtin:"):
+    if spec.startswith(("builtin:", "hf:")):  # read and reported by data/prompt_report.py
         return None
     return None if Path(spec).is_file() else f"data.prompts file {spec!r} does not exist (the run would stop before loading weights)"
 

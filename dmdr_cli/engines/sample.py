@@ -25,7 +25,9 @@ from ..evaluate import domains, sample_sets
 from ..evaluate.generators import ModelRef, load_sampler, open_model, sampling_settings
 from ..evaluate.sample_sets import SampleSet
 from ..evaluate.shards import image_progress, share
+from ..runtime.devices import check_device
 from ..runtime.distributed import Dist
+from ..families.loading import size_multiple
 
 BENCHES = ("geneval", "dpg")
 
@@ -49,6 +51,9 @@ class SampleOptions:
     dpg_csv: Path | None = None
     device: str | None = None
 
+    def __post_init__(self):
+        self.device = check_device(self.device)  # sample and evaluate: refused before anything loads
+
 
 @dataclass
 class SampleResult:
@@ -69,7 +74,7 @@ def read_prompt_options(texts: list[str] | None, file: str | None) -> tuple[list
     if file:
         from ..data.prompts import read_prompts
 
-        return read_prompts(file), f"prompt file {file}"
+        return list(read_prompts(file)), f"prompt file {file}"
     if texts:
         if any(not t.strip() for t in texts):
             raise DmdrError("--prompt is empty: give the text to sample, e.g. --prompt 'a photo of a cat'")
@@ -102,6 +107,13 @@ def plan_sample_set(ref: ModelRef, *, bench: str | None, prompts: tuple[list[str
     return sample_sets.dpg_set(size=height, csv=options.dpg_csv, num_prompts=options.num_prompts, domain=domain)
 
 
+def check_sample_options(ref: ModelRef, options: SampleOptions) -> tuple[int, int]:
+    """What a model cannot sample, refused before anything loads; returns (height, width)."""
+    height, width = options.height or ref.resolution, options.width or ref.resolution
+    _check_options(ref, options, height, width)
+    return height, width
+
+
 def _check_options(ref: ModelRef, options: SampleOptions, height: int, width: int) -> None:
     if options.cfg is not None and ref.kind == "student":
         raise DmdrError("--cfg applies to teachers: a distilled student samples without classifier-free guidance "
@@ -110,9 +122,11 @@ def _check_options(ref: ModelRef, options: SampleOptions, height: int, width: in
     if domain is not None:
         domain.check_size(height, width)
         return
+    multiple = size_multiple(ref.model)
     for name, value in (("--height", height), ("--width", width)):
-        if value < 8 or value % 8:
-            raise DmdrError(f"{name} {value}: give a multiple of 8 (the model's native size is {ref.resolution})")
+        if value < multiple or value % multiple:
+            raise DmdrError(f"{name} {value}: give a multiple of {multiple}, the model's latent factor (its native "
+                            f"size is {ref.resolution})")
 
 
 def run_sample(model: str, out: Path, *, prompts: tuple[list[str], str] | None = None, bench: str | None = None,
@@ -125,8 +139,7 @@ def run_sample(model: str, out: Path, *, prompts: tuple[list[str], str] | None =
     out = Path(out)
     # 1. everything checkable without weights
     ref = open_model(model, domain=options.domain)
-    height, width = options.height or ref.resolution, options.width or ref.resolution
-    _check_options(ref, options, height, width)
+    height, width = check_sample_options(ref, options)
     sample_set = plan_sample_set(ref, bench=bench, prompts=prompts, options=options, height=height)
     seed = ref.seed if options.seed is None else options.seed
     settings = {**sampling_settings(ref, steps=options.steps, cfg=options.cfg, seed=seed, height=height,

@@ -14,14 +14,16 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from ..data.conditioning import PromptConditions, encode_all
 from ..data.images import open_images
-from ..data.prompts import prompt_index, read_prompts
+from ..data.prompts import prompt_index, recipe_prompts
 from ..errors import DmdrError
 from ..recipe import Recipe, to_yaml
 from ..runtime import checkpoint as ckpt
 from ..runtime.distributed import Dist, GradReducer, clip_grad_norm
 from ..runtime.faults import fault_point, inject_nan
 from ..runtime.monitor import MetricsLog, StepProgress
+from ..runtime.reporting import check_report_to, open_reporters
 from ..runtime.precision import (autocast_dtype, frozen_dtype, is_sharded, make_optimizer, optimizer_state_bytes,
                                  parameter_owners, setup_backends)
 from ..runtime import compat
@@ -87,8 +89,13 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         raise DmdrError("coldstart.steps is 0: nothing to do for `dmdr coldstart` (set coldstart.steps > 0)")
 
     # ---- everything a user can get wrong is checked before any weight loads -----------------------
-    prompts = read_prompts(cfg.data.prompts)
-    val_prompts = (read_prompts(cfg.data.validation_prompts) if cfg.data.validation_prompts else prompts)
+    prompts = recipe_prompts(cfg.data)
+    check_report_to(cfg.train.report_to)
+    if stage == "distill":
+        from .export import check_push
+
+        check_push(cfg)  # a token missing at the end of a long run would be found too late
+    val_prompts = recipe_prompts(cfg.data, validation=True) if cfg.data.validation_prompts else prompts
     val_prompts = val_prompts[: cfg.data.num_validation]
     real_images = open_images(cfg.data.images, cfg.model.resolution, cfg.train.seed) if cfg.gan.weight > 0 else None
     run = RunFolder(Path(cfg.output.dir), resume=resume is not None)
@@ -104,6 +111,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         loaded = compat.inspect(ckpt.resolve_checkpoint(init, Path(init)))
         compat.check_against_recipe(loaded, cfg, mode="init")
 
+    from ..families.loading import check_resolution
+
+    check_resolution(cfg.model)  # a size the VAE (and an MMDiT's patches) cannot divide fails deep in a forward
+
     # ---- models ----------------------------------------------------------------------------------
     from ..families import FAMILIES, guidance_values_of, load_family
 
@@ -113,15 +124,18 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     from ..evaluate import plugins
 
     benches = plugins.run_benches(cfg, stage)  # their validation metrics and end-of-run reports
-    all_prompts = sorted(set(prompts) | set(val_prompts) | set(plugins.bench_prompts(benches))
-                         | set(real_images.captions() if real_images is not None else []))
+    if dist.is_main:
+        console.print(prompts.summary())
+    # validation and bench prompts are few and encoded once; the training set's as data.cache_embeddings says
+    fixed_prompts = sorted(set(val_prompts) | set(plugins.bench_prompts(benches))
+                           | set(real_images.captions() if real_images is not None else []))
     with console.status("encoding prompts") if dist.is_main else contextlib.nullcontext():
-        conds = encode_all(family, all_prompts, device)
+        fixed_conds = encode_all(family, fixed_prompts, device)
+        conds = PromptConditions(family, prompts, cached=cfg.data.cache_embeddings)
         uncond = family.unconditional()
     if cfg.data.cache_embeddings:
         family.release_text_encoders()
-    index_of = {p: i for i, p in enumerate(all_prompts)}
-    train_conds = conds[[index_of[p] for p in prompts]]  # in the prompt file's order (the teacher's pairs use it)
+    index_of = {p: i for i, p in enumerate(fixed_prompts)}
     teacher = family.denoiser
     if cfg.train.gradient_checkpointing:
         teacher.enable_gradient_checkpointing()
@@ -172,7 +186,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                       sampler=sampler, uncond=uncond.to(device))
     gan = None
     if real_images is not None:  # the GAN term (gan section): its head, after the networks it reads
-        gan = GanTerm(ctx, real_images, lambda texts: conds[[index_of[t] for t in texts]], dist)
+        gan = GanTerm(ctx, real_images, lambda texts: fixed_conds[[index_of[t] for t in texts]], dist)
         if loaded is not None:
             gan.restore(loaded.path, "--resume" if resume_from is not None else "--init", resume_from is not None)
 
@@ -182,7 +196,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     # a write that fails from here on (disk full) is one line; a new run that fails before its first checkpoint
     # leaves no folder behind
     with run.failure_guard(fresh=start == 0 and resume_from is None, is_main=dist.is_main):
-        log = MetricsLog(run.path / "log.jsonl", enabled=dist.is_main)
+        reporters = open_reporters(cfg.train.report_to, run.path, config=cfg.model_dump(mode="json"),
+                                   project=cfg.train.wandb_project, resume=resume_from is not None) if dist.is_main else []
+        log = MetricsLog(run.path / "log.jsonl", enabled=dist.is_main, reporters=reporters)
         log.truncate_after(start)
         if recipe_changes:  # --allow-recipe-change: the run is no longer the uninterrupted one, and says so
             log.write(start, {"event": "recipe_change", "changes": recipe_changes})
@@ -199,9 +215,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             """Sample ids, prompts and conditioning of this process's slice of one micro-batch."""
             base = ((k * K + inner) * A + micro) * global_batch + dist.rank * B
             ids = list(range(base, base + B))
-            texts = [prompts[prompt_index(i, len(prompts), cfg.train.seed)] for i in ids]
-            cond = conds[[index_of[t] for t in texts]].to(device)
-            return ids, texts, cond
+            rows = [prompt_index(i, len(prompts), cfg.train.seed) for i in ids]
+            return ids, [prompts[r] for r in rows], conds[rows].to(device)
 
         def save(k: int):
             optimizers = {"generator": opt_g, "fake": opt_f, **({"gan_head": gan.opt} if gan is not None else {})}
@@ -245,7 +260,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 loss_dmd = inject_nan("dmd", loss_dmd, k)
                 loss = cfg.dmd.weight * loss_dmd
                 if cfg.ode_regression.weight > 0:  # keyed by global sample id, like every other draw
-                    loss_reg = term_loss(ctx, pairs, train_conds, ids, cfg.train.seed)
+                    loss_reg = term_loss(ctx, pairs, conds, ids, cfg.train.seed)
                     loss = loss + cfg.ode_regression.weight * loss_reg
                     stats["ode_regression_loss"] = loss_reg.detach()
                 if rl_on:
@@ -278,12 +293,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             ((fake_loss + head_loss) / A).backward()
             fake_losses.append(fake_loss.detach())
 
-        val_cond = conds[[index_of[p] for p in val_prompts]]
+        val_cond = fixed_conds[[index_of[p] for p in val_prompts]]
         val_rewards = rl_branch.rewards if rl_branch is not None else []
 
         def encode(texts: list[str]):
             """The conditioning of prompts encoded above (a bench's, the run's own)."""
-            return conds[[index_of[p] for p in texts]]
+            return fixed_conds[[index_of[p] for p in texts]]
 
         def run_validation(k: int, best: float | None) -> float | None:
             """Validation metrics into the log, a grid into samples/, and the best checkpoint by weighted reward."""
@@ -291,8 +306,10 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
                 metrics.update(plugins.validation_metrics(benches, ctx, encode))
             (run.path / "samples").mkdir(exist_ok=True)
-            grid_image(images).save(run.path / "samples" / f"validation-{k:06d}.png")
+            grid = run.path / "samples" / f"validation-{k:06d}.png"
+            grid_image(images).save(grid)
             log.write(k, metrics)
+            log.image(k, "validation", grid)
             score = metrics.get("val_reward_weighted")
             if score is not None and (best is None or score > best):
                 ckpt.mark_best(run.path, k, metrics)
@@ -302,9 +319,9 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         pairs = None
         warm_start = start == 0 and cfg.ode_regression.steps and not init
         if warm_start or cfg.ode_regression.weight > 0:
-            pairs = teacher_pairs(ctx, train_conds, run.path, dist, console)
+            pairs = teacher_pairs(ctx, conds, run.path, dist, console)
         if warm_start:
-            ode_warm_start(ctx, pairs, train_conds, dist, log, console)
+            ode_warm_start(ctx, pairs, conds, dist, log, console)
 
         best = None
         title = "cold start" if stage == "coldstart" else "distill"
@@ -364,7 +381,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
                 if cfg.train.sample_every and k % cfg.train.sample_every == 0 and dist.is_main:
                     with averaged(ema):
-                        save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples", k, cfg.train.seed)
+                        log.image(k, "samples", save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
+                                                                 k, cfg.train.seed))
                 validating = cfg.train.validate_every and k % cfg.train.validate_every == 0
                 due = (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps or validating
                 stop = dist.any(preempt.requested)  # the signal may reach one process only; all must save and stop
@@ -383,12 +401,18 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         outputs = [f"checkpoints/{ckpt.step_dir_name(k)}"]
         if dist.is_main and cfg.train.sample_every:
             with averaged(ema):
-                save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples", k, cfg.train.seed)
+                log.image(k, "samples", save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
+                                                         k, cfg.train.seed))
             outputs.append("samples")
         if dist.is_main:
             with averaged(ema):
                 reports = plugins.final_reports(benches, ctx, encode, run.path, console)
             outputs += [f"report:{name}" for name in reports]
+            if stage == "distill" and cfg.output.push.repo_id:  # a failed upload leaves the run to finish on resume
+                from .export import push_run
+
+                push_run(cfg, run.path / "checkpoints" / ckpt.step_dir_name(k), run.path, console)
+                outputs.append(f"hub:{cfg.output.push.repo_id}")
             fault_point("before-done-marker")
             mark_done(run.path, k, stage, outputs)
         log.close()
@@ -398,7 +422,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     return run.path
 
 
-def teacher_pairs(ctx, train_conds, run_dir: Path, dist: Dist, console: Console) -> dict[str, torch.Tensor]:
+def teacher_pairs(ctx, conds, run_dir: Path, dist: Dist, console: Console) -> dict[str, torch.Tensor]:
     """The (noise, teacher sample) pairs of the ode_regression section: made once, then read from the cache."""
     cfg = ctx.cfg
     n = cfg.ode_regression.pairs
@@ -409,7 +433,7 @@ def teacher_pairs(ctx, train_conds, run_dir: Path, dist: Dist, console: Console)
             done[0] += count
             progress.update(done[0], {})
 
-        return make_pairs(ctx, train_conds, n, pair_seed(cfg), cache_path(cfg, run_dir), advance, dist)
+        return make_pairs(ctx, conds, n, pair_seed(cfg), cache_path(cfg, run_dir), advance, dist)
 
 
 def ode_warm_start(ctx, pairs, conds, dist: Dist, log: MetricsLog, console: Console) -> None:
@@ -434,14 +458,6 @@ def ode_warm_start(ctx, pairs, conds, dist: Dist, log: MetricsLog, console: Cons
                 log.write(0, {"phase": "ode_regression", "iteration": it + 1, "ode_regression_loss": float(value)})
                 progress.update(it + 1, {"loss": float(value)})
     reducer.remove()
-
-
-def encode_all(family, prompts: list[str], device, batch: int = 64):
-    """Embeddings for every prompt, computed once (the text encoders can leave the GPU afterwards)."""
-    from ..families.base import Cond
-
-    parts = [family.encode_prompts(prompts[i:i + batch]).to("cpu") for i in range(0, len(prompts), batch)]
-    return Cond.cat(parts)
 
 
 def run_state(cfg: Recipe, stage: str, nets, processes: int) -> dict:

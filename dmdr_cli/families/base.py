@@ -134,6 +134,12 @@ class Family(ABC):
         """Load from a diffusers folder / hub id or a single-file checkpoint (`model_cfg`: recipe.model)."""
         ...
 
+    @classmethod
+    def token_limits(cls, model_cfg) -> list[tuple[str, int | None]]:
+        """(tokenizer subfolder, tokens its text encoder sees; None: the tokenizer's own model_max_length) for each
+        text encoder: longer prompts are truncated there, which `--dry-run` counts."""
+        return [(tokenizer, None) for tokenizer, _ in getattr(cls, "text_components", ())]
+
     # ---- conditioning ---------------------------------------------------------------------------
     @abstractmethod
     def encode_prompts(self, prompts: list[str]) -> Cond:

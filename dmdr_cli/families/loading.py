@@ -247,3 +247,22 @@ def load_components(source: PipelineSource, model_cfg, *, denoiser: str, text_pa
         source=f"{single_file} (config: {origin})" if single_file else origin,
     )
     return components, vae_config
+
+
+def size_multiple(model_cfg) -> int:
+    """What an image side must be a multiple of for this model: the VAE's downsampling factor, times the
+    transformer's patch size for an MMDiT (as the diffusers pipelines check), read from configs, no weights."""
+    from . import FAMILIES
+
+    source = resolve_pipeline(model_cfg, model_cfg.family)
+    factor = 2 ** (len(source.load_config("vae").get("block_out_channels", [0])) - 1) if source.has("vae") else 1
+    patch = source.load_config(FAMILIES[model_cfg.family].denoiser_subfolder).get("patch_size") or 1
+    return factor * int(patch)
+
+
+def check_resolution(model_cfg, what: str = "model.resolution") -> None:
+    multiple = size_multiple(model_cfg)
+    if model_cfg.resolution % multiple:
+        raise ModelLoadError(f"{what} {model_cfg.resolution} is not a multiple of {multiple}, the latent factor of "
+                             f"{model_cfg.pretrained}: use {model_cfg.resolution // multiple * multiple or multiple} "
+                             f"or {(model_cfg.resolution // multiple + 1) * multiple}")

@@ -54,6 +54,11 @@ class SD3Family(Family):
         return cls(components, vae_config=vae_config,
                    max_text_tokens=getattr(model_cfg, "max_text_tokens", None) or DEFAULT_T5_TOKENS)
 
+    @classmethod
+    def token_limits(cls, model_cfg):
+        limit = getattr(model_cfg, "max_text_tokens", None) or DEFAULT_T5_TOKENS
+        return [("tokenizer", None), ("tokenizer_2", None), ("tokenizer_3", limit)]
+
     # ---- conditioning ---------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Cond:

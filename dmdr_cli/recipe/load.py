@@ -160,6 +160,8 @@ def _not_plain(value, path: tuple, open_containers: set[int]) -> str | None:
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return f"{where} = {value} is not a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        return f"{where} = {value} does not fit in 64 bits: give a number below 2^63"
     if isinstance(value, str) and "\0" in value:
         return f"{where} contains a NUL character"
     if value is None or isinstance(value, (bool, int, float, str)):

@@ -8,7 +8,7 @@ family-specific values live in the shipped recipes.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -221,8 +221,16 @@ class RLSection(Section):
 
 
 class DataSection(Section):
-    prompts: str = Field("builtin:demo", description="Training prompts: a text file (one per line) or builtin:NAME.")
-    validation_prompts: Optional[str] = Field(None, description="Held-out prompts for validation and grids; None: the first training prompts.")
+    prompts: str = Field(
+        "builtin:demo", description="Training prompts: a text file (one per line), a .csv / .tsv / .jsonl / .parquet "
+                                    "file (its prompt column), hf:REPO[:SPLIT] (a Hugging Face dataset through the "
+                                    "datasets library and its cache, or a local dataset folder) or builtin:NAME.")
+    validation_prompts: Optional[str] = Field(None, description="Held-out prompts for validation and grids (same forms as prompts); None: the first training prompts.")
+    prompt_column: Optional[str] = Field(
+        None, description="Column of prompts in a table or dataset; None: 'prompt', 'text' or 'caption', whichever "
+                          "comes first, or the only column. Ignored for text files and built-in sets.")
+    deduplicate: bool = Field(False, description="Drop repeated prompts (first kept); repeats are counted either way "
+                                                 "(--dry-run shows them).")
     num_validation: int = Field(8, ge=1, le=1024, description="Validation prompts used (also the sample-grid size).")
     cache_embeddings: bool = Field(True, description="Encode all prompts once and free the text encoders.")
     images: Optional[str] = Field(
@@ -263,6 +271,12 @@ class TrainSection(Section):
     checkpoint_every: int = Field(500, ge=0, description="Generator steps between checkpoints (0: only at the end).")
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept (oldest removed).")
     max_nonfinite_steps: int = Field(5, ge=1, description="Consecutive non-finite updates before the run stops.")
+    report_to: List[Literal["tensorboard", "wandb"]] = Field(
+        ["tensorboard"], description="Dashboards the log is mirrored to besides log.jsonl: tensorboard (where "
+                                     "installed), wandb (pip install 'dmdr[wandb]': scalars, sample and validation "
+                                     "grids, the recipe as config; --resume continues the same W&B run; "
+                                     "WANDB_MODE=offline writes RUN/wandb/ for `wandb sync`).")
+    wandb_project: str = Field("dmdr", min_length=1, description="W&B project of the run (its name: the run folder's).")
 
     @model_validator(mode="after")
     def _no_fp16(self):
@@ -317,8 +331,22 @@ class SampleSection(Section):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Base seed; image i of prompt p uses a seed derived from (seed, p, i).")
 
 
+class PushSection(Section):
+    """Upload the student to the Hugging Face Hub when `dmdr distill` ends (as `dmdr export --push-to-hub` does)."""
+
+    repo_id: Optional[str] = Field(
+        None, description="Model repo NAMESPACE/NAME, created if needed; None: no upload. The token of `hf auth "
+                          "login` or HF_TOKEN is checked before training starts.")
+    private: bool = Field(False, description="Create the repo as private.")
+    format: Literal["auto", "safetensors", "diffusers", "lora", "comfyui", "single-file"] = Field(
+        "auto", description="What to export into RUN/export and upload; auto: lora for a LoRA generator, else "
+                            "diffusers.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("fp16", description="dtype of the uploaded weights.")
+
+
 class OutputSection(Section):
     dir: str = Field("runs/dmdr", description="Run folder: checkpoints, logs, grids, resolved recipe.")
+    push: PushSection = Field(default_factory=PushSection, description="Upload to the Hub at the end of the run.")
 
 
 class WorldTeacherSection(Section):

@@ -76,6 +76,16 @@ def read_bytes(path: Path | str, what: str = "", fix: str = "check the path") ->
         raise DmdrError(f"{_label(what, path)} cannot be read ({reason(err)}): {fix}") from None
 
 
+def open_binary(path: Path | str, what: str = "", fix: str = "check the path"):
+    """A regular file opened for reading in binary mode, for readers that stream it (one line if it cannot be)."""
+    path = Path(path)
+    _check_regular(path, what, fix)
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise DmdrError(f"{_label(what, path)} cannot be read ({reason(err)}): {fix}") from None
+
+
 def read_text(path: Path | str, what: str = "", fix: str = "check the path",
               encoding: str = "utf-8") -> str:
     raw = read_bytes(path, what, fix)
@@ -218,14 +228,19 @@ def check_output_dir(path: Path | str, what: str = "output folder", fix: str = "
                      min_free: int = MIN_FREE_BYTES) -> Path:
     """A folder that exists or can be created, can be written to and has some free space; nothing is created."""
     path = Path(path).expanduser().absolute()
-    if os.path.lexists(path) and not path.is_dir():
-        raise DmdrError(f"{_label(what, path)} is an existing file, not a folder: {fix}")
+    refuse_file(path, what, fix)
     base = _nearest_existing(path)
     if not base.is_dir():
         raise DmdrError(f"{_label(what, path)} cannot be created: {base} is a file, not a folder: {fix}")
     _probe_writable(base, path, what, fix)
     _check_free(base, path, what, fix, min_free)
     return path
+
+
+def refuse_file(path: Path | str, what: str = "output folder", fix: str = "choose another folder") -> None:
+    """A folder an output is written into (or renamed to): one line when a file, or a link to one, is there."""
+    if os.path.lexists(path) and not Path(path).is_dir():
+        raise DmdrError(f"{_label(what, path)} is an existing file, not a folder: {fix}")
 
 
 def _probe_writable(base: Path, path: Path, what: str, fix: str) -> None:

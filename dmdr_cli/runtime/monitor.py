@@ -1,4 +1,4 @@
-"""What a run shows and records: a rich progress bar (main process), a JSONL log, TensorBoard if installed."""
+"""What a run shows and records: a rich progress bar (main process), a JSONL log, TensorBoard / W&B."""
 
 from __future__ import annotations
 
@@ -12,23 +12,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .files import read_text, write_text_atomic
+from .reporting import finite_numbers, open_reporters
 
 
 class MetricsLog:
-    """Append-only JSONL (one object per logged step), mirrored to TensorBoard where available."""
+    """Append-only JSONL (one object per logged step), mirrored to the run's reporters (runtime/reporting.py:
+    TensorBoard where installed by default, W&B with train.report_to)."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, reporters: list | None = None):
         self.path = path
         self.enabled = enabled
-        self.tb = None
+        self.reporters: list = []
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-            except Exception:  # tensorboard not installed: the JSONL log is the record
-                self.tb = None
+            self.reporters = open_reporters(["tensorboard"], path.parent) if reporters is None else reporters
 
     def write(self, step: int, values: dict) -> None:
         if not self.enabled:
@@ -38,10 +35,14 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k not in ("step", "time") and math.isfinite(v):
-                    self.tb.add_scalar(k, v, step)
+        numbers = finite_numbers(row)
+        for reporter in self.reporters if numbers else ():
+            reporter.scalars(step, numbers)
+
+    def image(self, step: int, key: str, path: Path) -> None:
+        """A grid the run just wrote (samples/, validation) to the reporters that show images."""
+        for reporter in self.reporters if self.enabled else ():
+            reporter.image(step, key, path)
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the log reads as one run."""
@@ -53,8 +54,9 @@ class MetricsLog:
         write_text_atomic(self.path, "".join(line + "\n" for line in kept), what="the run log", fsync=False)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for reporter in self.reporters:
+            reporter.close()
+        self.reporters = []
 
 
 def _logged_step(line: str) -> float:

@@ -118,7 +118,8 @@ class RunFolder:
             with contextlib.suppress(OSError):
                 (self.path / "recipe.yaml").unlink()
             if self._created:  # a folder this run made holds nothing but what it wrote
-                for name in ("log.jsonl", DONE_FILE, "samples", "ode_pairs.safetensors", "checkpoints"):
+                for name in ("log.jsonl", DONE_FILE, "samples", "ode_pairs.safetensors", "checkpoints",
+                             "tensorboard", "wandb", "wandb-run-id"):  # and the dashboards' files (reporting.py)
                     remove(self.path / name)
         if locked and remove_lock and self._created:
             with contextlib.suppress(OSError):  # unlinked while still held: no other run can have it open

@@ -32,15 +32,15 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import DmdrError
-from ..runtime.files import check_output_dir, cleanup_on_failure
+from ..runtime.files import check_output_dir, refuse_file, cleanup_on_failure
 from ..recipe import to_yaml
 from ..runtime.monitor import MetricsLog, StepProgress
 from .builtin_prompts import VAL_SEED
 from .prompts import generate_prompts, render_for
 from .reward_model import WorldClip, WorldClipConfig
 from .reward_probe import probe_all
+from .batches import dense_pool, derived_seed, torch_threads, world_batch
 from .scene import BACKGROUND, PALETTE, check_size
-from .teacher import dense_pool, derived_seed, torch_threads, world_batch
 
 MARGIN_PERCENTILE = 90
 MAX_BLUR_SHARE, MAX_NOISE = 0.7, 0.08  # noise std in [0, 1] pixel units
@@ -89,6 +89,7 @@ def train_reward(recipe, console: Console | None = None) -> Path:
     cfg = recipe.world.reward
     size = check_size(recipe.model.resolution)
     out = Path(cfg.out)
+    refuse_file(out, "world.reward.out", fix="choose another world.reward.out")
     if out.exists() and any(out.iterdir()) and not (out / "train_log.jsonl").is_file():
         raise DmdrError(f"world.reward.out: {out} holds something other than a world-clip reward (no "
                         f"train_log.jsonl), and the reward is written there: choose an empty or new folder")

@@ -15,10 +15,8 @@ to `model.pretrained`, so a long background run always leaves a usable teacher b
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -26,64 +24,16 @@ import torch
 from rich.console import Console
 
 from ..errors import DmdrError
-from ..runtime.files import check_output_dir
+from ..runtime.files import check_output_dir, refuse_file
 from ..recipe import to_yaml
 from ..runtime.checkpoint import load_checkpoint, optimizer_from_files, resolve_checkpoint, save_checkpoint
 from ..runtime.monitor import MetricsLog, StepProgress
 from ..runtime.rundir import RunFolder
-from .dense import render_dense
-from .prompts import training_pairs
-from .scene import LayoutError, check_size
+from .batches import dense_pool, derived_seed, torch_threads, world_batch
+from .scene import check_size
 from .teacher_model import alphas_cumprod, build_teacher, save_pipeline
 
 CHECKPOINTS_KEPT = 2
-
-
-def derived_seed(*keys: int) -> int:
-    """An independent 63-bit seed for each tuple of keys (e.g. seed, step, stream)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int):
-    """Run with `threads` CPU threads (0: leave torch's setting), restoring the previous count after."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def world_batch(step: int, batch_size: int, seed: int, size: int, dense_fraction: float,
-                dense_items: tuple[dict, ...]) -> tuple[torch.Tensor, list[str]]:
-    """Step `step`'s scenes: images (B, 3, size, size) in [-1, 1] and their prompts (dense ones last)."""
-    n_dense = round(batch_size * dense_fraction) if dense_items else 0
-    pairs = list(training_pairs(batch_size - n_dense, seed=derived_seed(seed, step, 0), size=size))
-    if n_dense:
-        rng = np.random.default_rng(derived_seed(seed, step, 1))
-        picks = deque(rng.integers(len(dense_items), size=n_dense))
-        while picks:
-            item = dense_items[picks.popleft()]
-            try:
-                pairs.append((render_dense(item, rng, size)[0], item["prompt"]))
-            except LayoutError:  # a tight item (three objects in a row at 24 px) can miss a layout: draw another
-                picks.append(rng.integers(len(dense_items)))
-    images = torch.from_numpy(np.stack([image for image, _ in pairs])).permute(0, 3, 1, 2).float()
-    return images / 127.5 - 1, [prompt for _, prompt in pairs]
-
-
-def dense_pool(size: int, fraction: float) -> tuple[dict, ...]:
-    """The dense training items that fit `size` (none when the recipe mixes in no dense prompts)."""
-    if fraction == 0:
-        return ()
-    from .builtin_prompts import PROMPT_SIZE, TRAIN_DENSE, TRAIN_SEED, training_dense_items
-    from .dense import generate_dense_prompts
-
-    if size >= PROMPT_SIZE:
-        return training_dense_items()
-    return tuple(generate_dense_prompts(TRAIN_DENSE, seed=TRAIN_SEED, size=size))  # fewer objects fit
 
 
 class PromptIds:
@@ -171,6 +121,7 @@ def train_teacher(recipe, *, resume: str | None = None, console: Console | None 
         raise DmdrError(f"model.family: the world teacher is an sd-family pipeline; set model.family: sd, "
                         f"not {recipe.model.family}")
     export_dir = Path(recipe.model.pretrained)
+    refuse_file(export_dir, "model.pretrained (the teacher is written there)", fix="choose another model.pretrained")
     if export_dir.exists() and any(export_dir.iterdir()) and not (export_dir / "train_log.jsonl").is_file():
         raise DmdrError(f"model.pretrained: {export_dir} holds something other than a world teacher (no "
                         f"train_log.jsonl), and the teacher is written there: choose an empty or new folder")

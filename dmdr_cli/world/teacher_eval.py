@@ -15,13 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..evaluate.geneval_score import summarize
+from .batches import derived_seed
 from .bench import as_uint8, geneval_results
 from ..families import Family
 from ..families.base import Guidance
 from ..sampling import teacher_sample
 from .builtin_prompts import VAL_SEED
 from .prompts import generate_prompts
-from .teacher import derived_seed
 
 
 def sample_prompts(family: Family, prompts: list[str], steps: int, cfg_scale: float, seed: int,

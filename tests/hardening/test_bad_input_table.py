@@ -95,6 +95,7 @@ def _user_mistakes(tmp: Path, ckpt: Path) -> None:
     from dmdr_cli.recipe import load_recipe, to_yaml
 
     (tmp / "bin.txt").write_bytes(b"\xff\xfe\x00 not text")
+    (tmp / "table.csv").write_text("id,alt\n1,a cat\n")
     (tmp / "a-folder").mkdir()
     recipe_text = (tmp / "recipe.yaml").read_text()
     (tmp / "dup.yaml").write_text(recipe_text + "train:\n  steps: 5\n")  # a second train: section at the end

@@ -114,14 +114,15 @@ def test_tiny_reward_trains_through_the_cli(tmp_path):
         "world", "reward", str(RECIPE), f"world.reward.out={out}", "world.reward.steps=3",
         "world.reward.batch_size=8", "world.reward.image_channels=[8, 16]", "world.reward.text_width=16",
         "world.reward.text_layers=1", "world.reward.text_heads=2", "world.reward.probe_prompts=4",
-        "world.reward.threads=0",
+        "world.reward.threads=0", "world.reward.null_fraction=0.25",
     ])
     assert res.exit_code == 0, res.output
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "tokenizer", "probe.json",
                                                "train_log.jsonl", "recipe.yaml"}
     probes = json.loads((out / "probe.json").read_text())
-    assert set(probes) == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    assert set(probes) == {"single_object", "two_object", "counting", "colors", "position", "color_attr", "null_canvas"}
     assert probes["position"]["chance"] == 0.5 and probes["counting"]["chance"] == 0.25
+    assert probes["null_canvas"]["n"] == 4 and probes["null_canvas"]["chance"] == pytest.approx(1 / 3)
     reward = WorldClipReward.from_pretrained(out)
     assert -1 <= reward.default_margin <= 1
     assert reward(torch.rand(2, 3, 24, 24), ["a photo of a circle", "a photo of a square"]).shape == (2,)

@@ -17,7 +17,8 @@ from dmdr_cli.cli import app
 from dmdr_cli.recipe import load_recipe
 from dmdr_cli.world.builtin_prompts import training_dense_items
 from dmdr_cli.world.prompts import TASKS, task_pool
-from dmdr_cli.world.teacher import learning_rate, world_batch
+from dmdr_cli.world.batches import world_batch
+from dmdr_cli.world.teacher import learning_rate
 from dmdr_cli.world.teacher_model import alphas_cumprod, scheduler_config
 from dmdr_cli.world.teacher_text import world_tokenizer
 
