@@ -58,7 +58,8 @@ BEGIN, END = "<!-- study:begin (scripts/world_ablations.py summarize) -->", "<!-
 # Core-hour budgets, each over its own sets' attempts: the first study (issue 13), then the diagnosis of the
 # decline after the cold start and the stabiliser candidates (issue 20), then the study on what is adopted.
 BUDGETS = {"issue 13": (("table", "coldstart", "long", "knobs"), 8.0),
-           "issue 20 diagnosis": (("diagnosis", "candidates"), 6.0)}
+           "issue 20 diagnosis": (("diagnosis", "candidates"), 6.0),
+           "issue 20 study": (("adopted",), 10.0)}
 BUDGET_HOURS = BUDGETS["issue 13"][1]
 FIVE, THREE = (0, 1, 2, 3, 4), (0, 1, 2)
 # Per set, per row: (recipe overrides, seeds).
@@ -127,11 +128,26 @@ CANDIDATES = {
     # as negatives (recipes/world/reward-null.yaml); the evaluation's reward column stays the frozen world-clip
     "ReFL on world-clip with null canvases": (["rl.rewards.0.path=dmdr_cli/world/weights/reward-null"], THREE),
 }
+# The study again on the recipe as shipped after the candidates (issue 20, item 4), all on the larger validation
+# set: distill only and distill + ReFL (5 seeds), the cold start alone (3), both at 4x the steps (3), and the
+# image-using baseline the paper compares against: DMD2's layout (full fake-score copy) with its GAN head on the
+# fake score's bottleneck, fed the world's real renders (3).
+_EVERY20 = ["train.validate_every=20"]
+ADOPTED = {
+    "distill only": (_EVERY20 + ["rl.algorithm=none"], FIVE),
+    "distill + ReFL": (_EVERY20, FIVE),
+    "cold start": (["train.steps=60", "rl.algorithm=none", "train.validate_every=10"], THREE),
+    "distill only, 480 steps": (_LONG + ["rl.algorithm=none"], THREE),
+    "distill + ReFL, 480 steps": (_LONG, THREE),
+    "DMD2 layout + GAN on renders": (_EVERY20 + ["guidance.layout=dmd2", "gan.weight=0.01", "gan.features=fake",
+                                                 "data.images=builtin:world-renders"], THREE),
+}
 SETS = {"table": TABLE, "coldstart": COLDSTART, "long": LONG, "knobs": KNOBS, "diagnosis": DIAGNOSIS,
-        "candidates": CANDIDATES}
+        "candidates": CANDIDATES, "adopted": ADOPTED}
 EXTRA = {"table": ["train.validate_every=20"], "coldstart": [], "long": [], "knobs": ["train.validate_every=20"],
          "diagnosis": ["train.validate_every=20"],
-         "candidates": ["train.validate_every=20", "world.validation_per_task=80", "world.validation_dense_items=48"]}
+         "candidates": ["train.validate_every=20", "world.validation_per_task=80", "world.validation_dense_items=48"],
+         "adopted": ["world.validation_per_task=80", "world.validation_dense_items=48"]}
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 CURVE_KEYS = ("fake_loss", "fake_to_teacher_loss", "teacher_loss_on_generator", "dmd_loss", "reward_world-clip", "renoise_t_mean")
 
