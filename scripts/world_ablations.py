@@ -14,9 +14,8 @@ written to docs/study/<set>/<row>-seed<S>.json, small enough to commit; the run 
 checkpoint while that folder exists. Runs use one torch thread each, so `--jobs 2` fills 2 cores.
 
 `summarize` reads those records alone. Per row: mean and std over seeds, and the paired 95% bootstrap
-interval of student minus teacher on the per-prompt scores averaged over the row's seeds (1000 seeded
-resamples over prompts, GenEval stratified by task: evaluate/paired.py). The interval is over prompts
-only; the spread over seeds is the std column beside it.
+interval of student minus teacher that resamples the row's seeds and the prompts together (1000 seeded
+draws, prompts within GenEval's tasks: evaluate/paired.py, paired_seed_unit_difference).
 
 Rows, after the paper's Tables 4 and 5:
   table:     init (the teacher's weights at the student's 4 steps), distill only (cold start + DMD),
@@ -144,6 +143,8 @@ ADOPTED = {
 }
 SETS = {"table": TABLE, "coldstart": COLDSTART, "long": LONG, "knobs": KNOBS, "diagnosis": DIAGNOSIS,
         "candidates": CANDIDATES, "adopted": ADOPTED}
+# sets whose summary adds the validation-curve table (decline after the cold start), with a reference row
+CURVE_TABLES = {"diagnosis": ("table", "distill only"), "candidates": None, "adopted": None}
 EXTRA = {"table": ["train.validate_every=20"], "coldstart": [], "long": [], "knobs": ["train.validate_every=20"],
          "diagnosis": ["train.validate_every=20"],
          "candidates": ["train.validate_every=20", "world.validation_per_task=80", "world.validation_dense_items=48"],
@@ -311,10 +312,11 @@ DIGITS = {"GenEval": 3, "DPG": 1, "reward": 3, "FD": 1}
 
 
 def pooled_intervals(found: list[dict]) -> dict[str, str]:
-    """Student minus teacher on per-prompt scores averaged over the row's seeds (same prompts, same noise)."""
+    """Student minus teacher on the row's per-prompt scores (same prompts, same noise), with a bootstrap that
+    resamples the row's seeds and the prompts together: the seed spread is larger than the prompt noise here."""
     import numpy as np
 
-    from dmdr_cli.evaluate.paired import paired_mean_difference
+    from dmdr_cli.evaluate.paired import paired_seed_unit_difference
 
     teacher = json.loads((RECORDS / "teacher.json").read_text())["teacher"].get("units", {})
     per_seed = [r["student"].get("units", {}) for r in found]
@@ -324,9 +326,9 @@ def pooled_intervals(found: list[dict]) -> dict[str, str]:
             continue
         keys = [k for k in teacher[name] if all(k in u[name] for u in per_seed)]
         value = (lambda side, k: side[k][1]) if name == "geneval" else (lambda side, k: side[k])  # [tag, score] / score
-        student = np.mean([[value(u[name], k) for k in keys] for u in per_seed], axis=0)
+        student = np.array([[value(u[name], k) for k in keys] for u in per_seed])
         strata = [teacher[name][k][0] for k in keys] if name == "geneval" else None
-        interval = paired_mean_difference(student, [value(teacher[name], k) for k in keys], strata=strata, seed=0)
+        interval = paired_seed_unit_difference(student, [value(teacher[name], k) for k in keys], strata=strata, seed=0)
         out[name] = interval.format(digits)
     return out
 
@@ -349,6 +351,45 @@ def table(set_name: str) -> str:
         paired = pooled_intervals(found)
         cells += [paired.get(name, "-") for name in ("geneval", "dpg", "reward")]
         lines.append(f"| {row} | {len(found)} | {found[0]['student_steps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def validation_at(found: list[dict], step: int, key: str = "val_world_geneval") -> list[float]:
+    """Each seed's validation `key` at `step` (seeds that did not validate there are left out)."""
+    return [v[key] for r in found for v in r["validation"] if v["step"] == step and key in v]
+
+
+def decline(found: list[dict]) -> tuple[float, float, float]:
+    """(V(60), level L = (V(100) + V(120)) / 2, decline D = L - V(60)): V(s) the mean over seeds of
+    val_world_geneval at step s, the rule the candidates were judged by (docs/results.md, "Training longer")."""
+    v60 = statistics.mean(validation_at(found, 60))
+    level = (statistics.mean(validation_at(found, 100)) + statistics.mean(validation_at(found, 120))) / 2
+    return v60, level, level - v60
+
+
+def curve_table(set_name: str, reference: tuple[str, str] | None = None) -> str:
+    """Per row: validation world-GenEval at steps 60-120 (mean over seeds), the level and decline of the
+    candidates' rule, the empty-canvas share at 60 and 120, and for `candidates` the rule's verdict."""
+    rows = ([(f"{reference[1]} (`{reference[0]}` set)", records(*reference))] if reference else []) + \
+        [(row, records(set_name, row)) for row in SETS[set_name]]
+    rows = [(name, found) for name, found in rows if found and validation_at(found, 120)]
+    header = ["row", "seeds", "V(60)", "V(80)", "V(100)", "V(120)", "L", "D = L - V(60)", "empty 60", "empty 120"]
+    lines = ["| " + " | ".join(header) + (" | verdict |" if set_name == "candidates" else " |"),
+             "|" + " --- |" * (len(header) + (set_name == "candidates"))]
+    shipped = dict(rows).get("shipped recipe")
+    for name, found in rows:
+        v60, level, d = decline(found)
+        cells = [name, str(len(found))] + [f"{statistics.mean(validation_at(found, k)):.3f}" for k in (60, 80, 100, 120)]
+        cells += [f"{level:.3f}", f"{d:+.3f}"]
+        empty = [validation_at(found, k, "val_world_empty") for k in (60, 120)]
+        cells += [f"{statistics.mean(e):.3f}" if e else "-" for e in empty]
+        if set_name == "candidates":
+            if name == "shipped recipe" or shipped is None:
+                cells.append("reference" if name == "shipped recipe" else "-")
+            else:
+                ok = d >= -0.015 and level >= decline(shipped)[1] + 0.02
+                cells.append("passes" if ok else "fails")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -427,6 +468,9 @@ def summarize(_args) -> None:
             parts.append("Not run yet.\n")
             continue
         parts.append(table(set_name) + "\n")
+        if set_name in CURVE_TABLES:
+            parts.append(f"Validation world-GenEval, mean over seeds ({set_name}):\n")
+            parts.append(curve_table(set_name, CURVE_TABLES[set_name]) + "\n")
         for key in ("val_world_geneval", "val_world_distance"):
             name = f"{set_name}-{key.removeprefix('val_world_')}.png"
             if plot(set_name, key, PLOTS / name, f"{set_name}: {key.removeprefix('val_')} (mean over seeds, band = std)"):

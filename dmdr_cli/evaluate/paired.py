@@ -83,6 +83,33 @@ def paired_mean_difference(student, teacher, *, strata: Sequence | None = None, 
     return bootstrap_interval(delta.size, mean_of_means, strata=strata, **options)
 
 
+def paired_seed_unit_difference(student, teacher, *, strata: Sequence | None = None, resamples: int = RESAMPLES,
+                                seed: int = 0, confidence: float = CONFIDENCE) -> Interval:
+    """Student minus teacher when the student is several training runs (seeds) scored on the same units: a
+    two-level bootstrap that resamples seeds and units together (`student`: [seeds, units]; each draw picks
+    seeds with replacement and units with replacement, within strata), so the interval holds the spread from
+    which seeds were trained as well as from which prompts were asked. With one seed it is the units-only
+    interval of the seed-averaged scores."""
+    a, b = np.asarray(student, dtype=np.float64), np.asarray(teacher, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 1 or a.shape[1] != b.size:
+        raise ValueError(f"need student [seeds, units] and teacher [units], got {a.shape} and {b.shape}")
+    groups = np.asarray(strata) if strata is not None else np.zeros(b.size, dtype=int)
+
+    def statistic(rows: np.ndarray, idx: np.ndarray) -> float:
+        delta = a[rows][:, idx].mean(axis=0) - b[idx]
+        picked = groups[idx]
+        return float(np.mean([delta[picked == g].mean() for g in dict.fromkeys(picked.tolist())]))
+
+    rng = np.random.default_rng(seed)
+    n_seeds = a.shape[0]
+    draws = np.array([statistic(rng.integers(0, n_seeds, size=n_seeds), resample_indices(b.size, rng, strata))
+                      for _ in range(resamples)])
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    return Interval(statistic(np.arange(n_seeds), np.arange(b.size)), float(low), float(high), b.size, resamples,
+                    confidence)
+
+
 def unit_key(index, prompt: str) -> str:
     """What names one prompt across two models' sample folders: its index in the prompt set and its text,
     so two folders of different prompt sets do not pair by position alone ("00012|a red cube")."""

@@ -53,3 +53,20 @@ def test_seeded_and_generic_statistics():
     assert first.estimate == pytest.approx(frechet_between(a, real))
     with pytest.raises(ValueError):
         paired_mean_difference([1.0, 2.0], [1.0])
+
+
+def test_seed_and_unit_bootstrap_holds_the_spread_between_seeds():
+    """Three seeds that differ by a constant offset each, with no prompt noise: a units-only interval of the seed
+    average has zero width; the seed-and-unit interval spans the seeds' spread of the mean (normal approximation
+    with the bootstrap's plug-in standard deviation, ddof 0)."""
+    from dmdr_cli.evaluate.paired import paired_seed_unit_difference
+
+    rng = np.random.default_rng(0)
+    teacher = rng.uniform(size=600)
+    offsets = np.array([-0.1, 0.0, 0.1])
+    student = teacher[None, :] + offsets[:, None]
+    units_only = paired_mean_difference(student.mean(axis=0), teacher)
+    both = paired_seed_unit_difference(student, teacher, resamples=4000)
+    assert units_only.high - units_only.low < 1e-12 and both.estimate == pytest.approx(0.0, abs=1e-12)
+    half = 1.96 * offsets.std(ddof=0) / np.sqrt(3)  # the bootstrap's plug-in standard error of a 3-seed mean
+    assert both.high == pytest.approx(half, abs=0.02) and both.low == pytest.approx(-half, abs=0.02)
