@@ -486,6 +486,26 @@ def summarize(_args) -> None:
     RESULTS.write_text(text)
 
 
+def noise(_args) -> None:
+    """The validation score's noise against the effects it must tell apart: the binomial standard error of
+    world-GenEval (a mean of six task accuracies, n prompts x 1 image each) at 20 and 80 prompts per task, from
+    the per-task accuracies the candidates' runs logged, next to the spread of V(s) over training seeds."""
+    found = [r for row in CANDIDATES for r in records("candidates", row)]
+    values = [v for r in found for v in r["validation"] if v["step"] >= 60]
+    if not values:
+        print("no candidate records yet")
+        return
+    accuracy = {t: statistics.mean(v[f"val_world_geneval_{t}"] for v in values) for t in TASKS}
+    variance = sum(p * (1 - p) for p in accuracy.values())
+    for n in (20, 80):
+        print(f"{n} prompts per task: standard error of one validation {variance ** 0.5 / n ** 0.5 / len(TASKS):.4f}")
+    spreads = [statistics.stdev(validation_at(records("candidates", row), k)) for row in CANDIDATES
+               for k in (60, 80, 100, 120) if len(validation_at(records("candidates", row), k)) > 1]
+    if spreads:
+        print(f"std of V(s) over training seeds (candidates, steps 60-120, {len(spreads)} row-steps): "
+              f"median {statistics.median(spreads):.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
@@ -499,6 +519,7 @@ def main() -> None:
                          "budget in BUDGETS)")
     go.set_defaults(fn=run)
     sub.add_parser("summarize").set_defaults(fn=summarize)
+    sub.add_parser("noise", help="the validation's standard error against the seed spread").set_defaults(fn=noise)
     args = parser.parse_args()
     os.chdir(REPO)
     args.fn(args)
