@@ -46,6 +46,8 @@ def rows(features: np.ndarray, tags: np.ndarray, blobs: np.ndarray | None) -> di
     out = {}
     for task in TASKS:
         mask = tags == task
+        if not mask.any():
+            continue
         empty = kept[mask] == 0
         fragments = features[mask, column["fragments"]] > 0
         side = features[mask, column["side_mean"]][~empty] / 10  # fraction of the image side
@@ -56,9 +58,37 @@ def rows(features: np.ndarray, tags: np.ndarray, blobs: np.ndarray | None) -> di
     return out
 
 
+def teacher_rows(entries: list[dict], rows_of_task: list[int]) -> list[np.ndarray]:
+    """The shipped teacher's evaluation images of `rows_of_task`, row i from keyed_generator(EVAL_SEED, EVAL_TAG, i)
+    as the evaluation draws it (world/report.py)."""
+    import torch
+
+    from dmdr_cli.dmd.randomness import keyed_generator
+    from dmdr_cli.families import load_family
+    from dmdr_cli.families.base import Guidance
+    from dmdr_cli.recipe import load_recipe
+    from dmdr_cli.sampling import teacher_sample
+    from dmdr_cli.world.report import EVAL_SEED, EVAL_TAG
+
+    cfg = load_recipe(REPO / "recipes/world/dmdr.yaml")
+    family = load_family(cfg.model, uncond_mode=cfg.guidance.uncond)
+    net = family.denoiser.eval()
+    size = cfg.model.resolution
+    noise = torch.cat([family.noise(1, size, size, generator=keyed_generator(EVAL_SEED, EVAL_TAG, i)) for i in rows_of_task])
+    cond = family.encode_prompts([entries[i]["prompt"] for i in rows_of_task])
+    with torch.no_grad():
+        x0 = teacher_sample(family, net, noise, cond, cfg.sample.steps or 25, Guidance(cfg.guidance.scale, family.unconditional()))
+        pixels = family.decode(x0).float().clamp(0, 1)
+    return [(255 * image.permute(1, 2, 0).numpy()).round().astype(np.uint8) for image in pixels]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("--teacher-task", choices=TASKS,
+                        help="also sample the teacher (25 steps, CFG 2) on this task's evaluation rows, from the "
+                             "evaluation's own keyed noise (the images its cached features came from; about 1 s an "
+                             "image on one CPU thread), for the speck column")
     args = parser.parse_args()
     from PIL import Image
 
@@ -73,6 +103,11 @@ def main() -> None:
     key = next(iter(json.loads((TEACHER_FOLDER / CACHE_FILE).read_text())))
     with np.load(TEACHER_FOLDER / f"eval_cache-{key}.npz") as cached:
         table["teacher (cached features)"] = rows(cached["features"], tags, None)
+    if args.teacher_task:
+        rows_of_task = [i for i, tag in enumerate(tags) if tag == args.teacher_task]
+        images = teacher_rows(entries, rows_of_task)
+        table[f"teacher, {args.teacher_task} sampled"] = rows(feature_matrix(images), tags[rows_of_task],
+                                                              np.array([largest_blob(i) for i in images]))
     for run in args.runs:
         results = [json.loads(line) for line in (run / "report" / "results.jsonl").read_text().splitlines()]
         images = [np.asarray(Image.open(run / "report" / r["file"]).convert("RGB")) for r in results]
