@@ -125,7 +125,8 @@ CANDIDATES = {
     "regression term 1.0": (["ode_regression.weight=1.0"] + _PAIRS, THREE),
     # the diagnosis found the reward blind to empty canvases: ReFL on world-clip retrained with null canvases
     # as negatives (recipes/world/reward-null.yaml); the evaluation's reward column stays the frozen world-clip
-    "ReFL on world-clip with null canvases": (["rl.rewards.0.path=dmdr_cli/world/weights/reward-null"], THREE),
+    "ReFL on world-clip with null canvases": (
+        ["rl.rewards=[{name: world-clip, path: dmdr_cli/world/weights/reward-null}]"], THREE),
 }
 # The study again on the recipe as shipped after the candidates (issue 20, item 4), all on the larger validation
 # set: distill only and distill + ReFL (5 seeds), the cold start alone (3), both at 4x the steps (3), and the
