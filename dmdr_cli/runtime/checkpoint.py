@@ -128,11 +128,23 @@ def write_optimizer_shard(partial: Path, name: str, opt, rank: int) -> None:
 
 
 def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    from .precision import place_restored_state
+
     state: dict[int, dict] = {}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, name = key.split("/", 1)
         state.setdefault(int(idx), {})[name] = value
+    built = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # the optimizer as built wins over the checkpoint's param groups: betas and weight decay from the recipe
+    # (compat refuses a change unless --allow-recipe-change), fused from this device, lr set every step
+    for group, own in zip(opt.param_groups, built):
+        group.update(own)
+    inner = getattr(opt, "optim", None)
+    if inner is not None:  # ZeroRedundancyOptimizer: its local optimizer's groups too
+        for group, own in zip(inner.param_groups, built):
+            group.update(own)
+    place_restored_state(opt)
 
 
 def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,

@@ -3,6 +3,7 @@ the same global batch end at the same weights as one process, and checkpoints mo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -140,3 +141,55 @@ def test_sharded_lora_generator_with_accumulation_matches_replicated_and_one_pro
         assert any("lora" in key for key in w1) or name == "fake", sorted(w1)[:3]
         assert max_diff(wo, wn) < SHARD_ATOL, name
         assert max_diff(wn, w1) < WEIGHT_ATOL and max_diff(wo, w1) < WEIGHT_ATOL, name
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    """A one-process gloo group in this process (ZeroRedundancyOptimizer needs one; no collective runs)."""
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    tdist.destroy_process_group()
+
+
+@pytest.mark.parametrize("saved_fused", [True, False])
+@pytest.mark.parametrize("processes", [2, 1])
+def test_resume_places_adam_step_where_fused_adamw_needs_it(process_group, saved_fused, processes):
+    """Defect: ZeroRedundancyOptimizer.load_state_dict forces Adam's 0-dim `step` onto the CPU, and fused AdamW
+    (make_optimizer's choice on CUDA) then fails on its first step after every sharded --resume. A checkpoint
+    written without fusing (a CPU run) must neither leave `step` on the CPU (torch places it by the checkpoint's
+    flag) nor switch the resumed CUDA optimizer off fused.
+
+    No GPU here: the parameters are fake CUDA tensors (FakeTensorMode), which is enough to see where the restore
+    path puts each state tensor against what fused AdamW requires (torch's note "special device hosting for
+    step": a float32 `step` on the parameter's device). What this cannot run is the fused CUDA kernel itself;
+    bench/gpu_check.sh's sharded resume line does."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dmdr_cli.runtime.checkpoint import optimizer_from_files, optimizer_to_files
+    from dmdr_cli.runtime.precision import is_sharded, make_optimizer
+
+    cfg = SimpleNamespace(betas=(0.9, 0.999), weight_decay=0.01, optimizer="adamw", sharding="optimizer")
+    saved = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(3)]
+    writer = torch.optim.AdamW(saved, lr=1e-3, fused=saved_fused)  # fused AdamW runs on the CPU too
+    for p in saved:
+        p.grad = torch.ones_like(p)
+    writer.step()
+    tensors, meta = optimizer_to_files(writer)  # a checkpoint's files, as resume reads them (CPU tensors)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        params = [torch.nn.Parameter(torch.empty(4, 3, device="cuda")) for _ in range(3)]
+        opt = make_optimizer(params, 1e-3, cfg, torch.device("cuda"), world_size=processes)
+        inner = opt.optim if is_sharded(opt) else opt
+        assert is_sharded(opt) == (processes > 1) and inner.param_groups[0]["fused"]
+        optimizer_from_files(opt, dict(tensors), json.loads(json.dumps(meta)))
+        assert inner.param_groups[0]["fused"] and opt.param_groups[0]["fused"]
+        for p in params:
+            state = inner.state[p]
+            assert state.keys() == {"step", "exp_avg", "exp_avg_sq"}
+            assert (state["step"].device, state["step"].dtype) == (p.device, torch.float32)
+            for name in ("exp_avg", "exp_avg_sq"):
+                assert (state[name].device, state[name].dtype) == (p.device, p.dtype), name
