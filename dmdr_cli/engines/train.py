@@ -406,9 +406,8 @@ def restore(path: Path, nets, optimizers: dict, rl_branch) -> int:
     nets.load_fake_state(data["tensors"]["fake"])
     if rl_branch is not None:
         rl_branch.load_state(data["tensors"].get("rl_reference", {}))
-    for name, opt in optimizers.items():
-        if name in data["optim"]:
-            ckpt.optimizer_from_files(opt, *data["optim"][name])
+    for name, opt in optimizers.items():  # compat.check_whole has seen every optimizer's files
+        ckpt.optimizer_from_files(opt, *data["optim"][name])
     return int(data["state"]["step"])
 
 

@@ -169,19 +169,24 @@ def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
                 shutil.rmtree(tmp)
             tmp.mkdir()
         (tmp / "recipe.yaml").write_text(recipe_yaml)
+        parts = ["recipe.yaml"]  # every file of the checkpoint, listed in state.json: a resume needs them all
         for name, sd in tensors.items():
             save_tensors(tmp / f"{name}.safetensors", sd)
+            parts.append(f"{name}.safetensors")
             hook(f"checkpoint-file-{name}")
         for name, opt in optimizers.items():
             if is_sharded(opt):
                 write_json(tmp / f"optim_{name}.json", {"param_groups": global_param_groups(opt), "scalars": {},
                                                         "shards": shards})
+                parts += [f"optim_{name}.rank{r}.{ext}" for r in range(shards) for ext in ("safetensors", "json")]
             else:
                 t, meta = optimizer_to_files(opt)
                 save_tensors(tmp / f"optim_{name}.safetensors", t)
                 write_json(tmp / f"optim_{name}.json", meta)
+                parts.append(f"optim_{name}.safetensors")
+            parts.append(f"optim_{name}.json")
             hook(f"checkpoint-optim-{name}")
-        write_json(tmp / "state.json", {**state, "step": step})
+        write_json(tmp / "state.json", {**state, "step": step, "files": sorted(parts)})
         _fsync_dir(tmp)
         hook("checkpoint-before-rename")
         # A folder of this step from an abandoned attempt (written, then killed before `latest` moved) is

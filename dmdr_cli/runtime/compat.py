@@ -25,8 +25,13 @@ STRUCTURE_KEYS = ("model.family", "student.finetune", "student.lora_rank", "stud
 # batch counts as one number, the global batch: noise and prompts are keyed by global sample index, so
 # 2 processes x batch 1 resume exactly as 1 process x batch 2 (tests/engines/test_sharding.py).
 RESUME_KEYS = ("student.steps", "student.timesteps", "student.sampler", "train.seed",
-               "dmd.fake_updates_per_generator_update")
+               "dmd.fake_updates_per_generator_update", "train.betas", "train.weight_decay")
 BATCH_KEYS = ("train.batch_size", "train.gradient_accumulation")
+
+
+# What a resume loads from any checkpoint `dmdr distill` wrote; one that lists its files (state.json "files")
+# must also have every file it lists (optimizer shards, the RL reference).
+RESUME_PARTS = ("generator.safetensors", "fake.safetensors", "optim_generator.json", "optim_fake.json")
 
 
 @dataclass
@@ -82,6 +87,18 @@ def inspect(path: Path, needs: tuple[str, ...] = ("generator", "fake")) -> Check
         except DmdrError as err:
             raise damaged(path, _inner(err.message, file)) from None
     return CheckpointInfo(path, state, recipe, headers)
+
+
+def check_whole(info: CheckpointInfo) -> None:
+    """Every part a resume loads is there: a checkpoint without an optimizer's state (or its RL reference) would
+    otherwise resume with fresh moments for that network, silently."""
+    listed = info.state.get("files")
+    expected = list(RESUME_PARTS) + [name for name in (listed if isinstance(listed, list) else [])
+                                     if isinstance(name, str) and name not in RESUME_PARTS]
+    missing = [name for name in expected if not (info.path / name).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise damaged(info.path, f"{missing[0]}{more} {'is' if len(missing) == 1 else 'are'} missing")
 
 
 def _inner(message: str, file: Path) -> str:
@@ -167,6 +184,7 @@ def check_against_recipe(info: CheckpointInfo, cfg, *, mode: str, allow_change: 
     if changed and not allow_change:
         raise DmdrError(f"--resume {info.path}: the recipe changed keys that break exact resume ({'; '.join(changed)}):"
                         f" restore them, or pass --allow-recipe-change to continue anyway (recorded in the log)")
+    check_whole(info)
     return changed
 
 
