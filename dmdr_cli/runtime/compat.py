@@ -22,8 +22,9 @@ STRUCTURE_KEYS = ("model.family", "student.finetune", "student.lora_rank", "stud
                   "student.lora_targets", "guidance.layout", "guidance.lora_rank", "guidance.lora_alpha",
                   "guidance.lora_targets")
 # Keys whose change loads fine but breaks exact resume (the run is no longer the uninterrupted run). The
-# batch counts as one number, the global batch: noise and prompts are keyed by global sample index, so
-# 2 processes x batch 1 resume exactly as 1 process x batch 2 (tests/engines/test_sharding.py).
+# batch counts as the global micro-batch and the accumulation: noise and prompts are keyed by global sample
+# index and micro-batch, so 2 processes x batch 1 resume exactly as 1 process x batch 2
+# (tests/engines/test_sharding.py), but not as 1 process x batch 1 x accumulation 2.
 RESUME_KEYS = ("student.steps", "student.timesteps", "student.sampler", "train.seed",
                "dmd.fake_updates_per_generator_update", "train.betas", "train.weight_decay")
 BATCH_KEYS = ("train.batch_size", "train.gradient_accumulation")
@@ -145,7 +146,9 @@ def _show(value) -> str:
 
 def global_batch_change(info: CheckpointInfo, cfg, processes: int) -> list[str]:
     """The global batch (batch_size x gradient_accumulation x processes) the checkpoint was written with, if the
-    run's differs; a checkpoint that does not record its process count compares the per-process keys."""
+    run's differs, or its split into micro-batches: draws are keyed by micro-batch, so 1 process x batch 1 x
+    accumulation 2 and 2 processes x batch 1 x accumulation 1 draw other noise for half the samples. A checkpoint
+    that does not record its process count compares the per-process keys."""
     saved_processes = info.state.get("processes")
     if info.recipe is None:
         return []
@@ -154,11 +157,14 @@ def global_batch_change(info: CheckpointInfo, cfg, processes: int) -> list[str]:
     batch, accumulation = _get(info.recipe, "train.batch_size"), _get(info.recipe, "train.gradient_accumulation")
     before = batch * accumulation * saved_processes
     after = cfg.train.batch_size * cfg.train.gradient_accumulation * processes
-    if before == after:
-        return []
-    return [f"global batch (train.batch_size x train.gradient_accumulation x processes) {batch} x {accumulation} x "
-            f"{saved_processes} = {before} -> {cfg.train.batch_size} x {cfg.train.gradient_accumulation} x {processes}"
-            f" = {after}"]
+    if before != after:
+        return [f"global batch (train.batch_size x train.gradient_accumulation x processes) {batch} x {accumulation} x "
+                f"{saved_processes} = {before} -> {cfg.train.batch_size} x {cfg.train.gradient_accumulation} x "
+                f"{processes} = {after}"]
+    if accumulation != cfg.train.gradient_accumulation:
+        return [f"train.gradient_accumulation {accumulation} -> {cfg.train.gradient_accumulation} at the same global "
+                f"batch {after} (noise is drawn per micro-batch)"]
+    return []
 
 
 def check_against_recipe(info: CheckpointInfo, cfg, *, mode: str, allow_change: bool = False,

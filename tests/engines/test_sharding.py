@@ -193,3 +193,32 @@ def test_resume_places_adam_step_where_fused_adamw_needs_it(process_group, saved
             assert (state["step"].device, state["step"].dtype) == (p.device, torch.float32)
             for name in ("exp_avg", "exp_avg_sq"):
                 assert (state[name].device, state[name].dtype) == (p.device, p.dtype), name
+
+
+def test_resume_refuses_another_split_of_the_same_global_batch(tmp_path):
+    """Defect: draws are keyed by micro-batch, so 1 process x batch 1 x accumulation 2 resumed as 2 processes x
+    batch 1 x accumulation 1 (the same global batch, 2) draws other noise for half the samples; it passed as an
+    exact resume. 2 x 1 x 1 <-> 1 x 2 x 1 (the same micro-batches) still does (the equivalence tests above)."""
+    from dmdr_cli.errors import DmdrError
+    from dmdr_cli.recipe import validate
+    from dmdr_cli.runtime.compat import CheckpointInfo, check_against_recipe
+
+    def info(batch, accumulation, processes):
+        saved = validate({"model": {"family": "sd", "pretrained": "x"}, "train": {"batch_size": batch,
+                                                                                 "gradient_accumulation": accumulation}})
+        return CheckpointInfo(tmp_path, {"step": 1, "processes": processes}, saved.model_dump(mode="json"), {})
+
+    def run(batch, accumulation):
+        return validate({"model": {"family": "sd", "pretrained": "x"},
+                         "train": {"batch_size": batch, "gradient_accumulation": accumulation}})
+
+    for name in ("generator.safetensors", "fake.safetensors", "optim_generator.json", "optim_fake.json"):
+        (tmp_path / name).write_text("")  # a whole checkpoint, as far as the file list goes
+    assert check_against_recipe(info(1, 1, 2), run(2, 1), mode="resume", processes=1) == []
+    assert check_against_recipe(info(2, 1, 1), run(1, 1), mode="resume", processes=2) == []
+    with pytest.raises(DmdrError, match=r"train.gradient_accumulation 2 -> 1 at the same global batch 2"):
+        check_against_recipe(info(1, 2, 1), run(1, 1), mode="resume", processes=2)
+    with pytest.raises(DmdrError, match=r"train.gradient_accumulation 1 -> 2 at the same global batch 2"):
+        check_against_recipe(info(2, 1, 1), run(1, 2), mode="resume", processes=1)
+    changes = check_against_recipe(info(1, 2, 1), run(1, 1), mode="resume", processes=2, allow_change=True)
+    assert changes == ["train.gradient_accumulation 2 -> 1 at the same global batch 2 (noise is drawn per micro-batch)"]
