@@ -3,8 +3,8 @@
 DMD2 (arXiv 2405.14867, sec. 4) and DMDR start their 1-step SDXL students from such a checkpoint. Here
 the pairs are made by the project itself, image-free: noise from keyed seeds, the teacher's own
 multi-step sampler with CFG, on the run's prompts. The student is then regressed onto them at its
-first time (the one fed pure noise). The pairs are cached in the run folder, so a resumed run reuses
-them.
+first time (the one fed pure noise). The pairs are cached in the run folder, stamped with a key of
+everything they depend on, so a resumed or restarted run reuses them and a changed recipe remakes them.
 """
 
 from __future__ import annotations
@@ -29,16 +29,31 @@ def shard(n: int, rank: int, world_size: int) -> range:
     return range(start, start + base + (rank < extra))
 
 
-def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, dist=None) -> dict[str, torch.Tensor]:
+def cached(cache: Path, key: str) -> bool:
+    """Whether `cache` holds pairs made for `key` (a damaged or foreign file does not)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not cache.is_file():
+        return False
+    try:
+        with safe_open(str(cache), "pt") as f:
+            return (f.metadata() or {}).get("key") == key
+    except (OSError, SafetensorError):
+        return False
+
+
+def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, dist=None,
+               key: str = "") -> dict[str, torch.Tensor]:
     """{noise, target, prompt_index}: teacher ODE outputs for keyed noise, prompt i = pair i mod #prompts.
 
     With several processes each makes its shard of the pairs, all gather them, and the main process alone
-    writes the cache (every pair depends on its id only, so the split does not change them).
+    writes the cache (every pair depends on its id only, so the split does not change them). `key` names what
+    the pairs depend on (teacher, prompts, sampler settings): a cache made for another key is made again.
     """
     from safetensors.torch import load_file, save_file
 
     rank, world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
-    missing = not cache.is_file()
+    missing = not cached(cache, key)
     if dist is not None:
         missing = dist.any(missing)  # all processes agree on making them or not
     if not missing:
@@ -71,7 +86,7 @@ def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, 
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache, "the ODE pair cache", convert=False) as tmp:
             with as_os_errors():
-                save_file(pairs, str(tmp))
+                save_file(pairs, str(tmp), metadata={"key": key})
     if dist is not None:
         dist.barrier()  # the cache is complete before any process goes on (or a resume reads it)
     return pairs

@@ -188,18 +188,21 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             return ids, texts, cond
 
         def save(k: int):
+            """Checkpoint k: every rank writes its optimizer shards (sharded), then the main rank the rest. A write
+            that fails on one rank ends every rank with one line, none waits in a collective for it."""
             optimizers = {"generator": opt_g, "fake": opt_f}
             sharded = {name: opt for name, opt in optimizers.items() if is_sharded(opt)}
+            elsewhere = (f"could not write checkpoint {run.path / 'checkpoints' / ckpt.step_dir_name(k)}: another "
+                         f"process failed (its error is above); the previous checkpoint is intact: free space or fix "
+                         f"permissions and --resume latest")
             partial = None
             if sharded:  # every rank writes its own optimizer shard, in parallel, into the folder being written
-                if dist.is_main:
-                    ckpt.start_partial(run.path, k)
-                dist.barrier()
+                dist.raise_together(attempt(lambda: ckpt.start_partial(run.path, k), dist.is_main), elsewhere)
                 partial = ckpt.shared_partial(run.path, k)
-                for name, opt in sharded.items():
-                    ckpt.write_optimizer_shard(partial, name, opt, dist.rank)
-                dist.barrier()
-            if dist.is_main:
+                dist.raise_together(attempt(lambda: [ckpt.write_optimizer_shard(partial, name, opt, dist.rank)
+                                                     for name, opt in sharded.items()]), elsewhere)
+
+            def write():
                 tensors = nets.trainable_state()
                 if rl_branch is not None and rl_branch.state():
                     tensors["rl_reference"] = rl_branch.state()
@@ -207,7 +210,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                                      state=run_state(cfg, stage, nets, dist.world_size), tensors=tensors,
                                      optimizers=optimizers, keep=cfg.train.keep_checkpoints, fault_hook=fault_point,
                                      partial=partial, shards=dist.world_size)
-            dist.barrier()
+
+            dist.raise_together(attempt(write, dist.is_main), elsewhere)
 
         def logged(k: int) -> bool:
             """Whether generator step k (counted from 1) writes a log line."""
@@ -264,7 +268,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             return best
 
         if start == 0 and cfg.ode_regression.steps and not init:
-            ode_warm_start(ctx, conds, run.path, dist, log, console)
+            ode_warm_start(ctx, conds, all_prompts, run.path, dist, log, console)
 
         best = None
         title = "cold start" if stage == "coldstart" else "distill"
@@ -349,10 +353,26 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     return run.path
 
 
-def ode_warm_start(ctx, conds, run_dir: Path, dist: Dist, log: MetricsLog, console: Console) -> None:
+def attempt(work, here: bool = True) -> Exception | None:
+    """Run `work` (when `here`) and return what it raised, for Dist.raise_together."""
+    if not here:
+        return None
+    try:
+        work()
+    except Exception as err:  # every process raises once all know (a write failure, or any other)
+        return err
+    return None
+
+
+def ode_warm_start(ctx, conds, prompts: list[str], run_dir: Path, dist: Dist, log: MetricsLog,
+                   console: Console) -> None:
     """Regress the student onto teacher ODE outputs before generator step 0 (ode_regression section)."""
     cfg = ctx.cfg
     n = cfg.ode_regression.pairs
+    # what the pairs depend on: the teacher and its precision, the prompts (pair i uses prompts[i mod len]),
+    # guidance and the sampler, the seed
+    key = str(key_seed(cfg.model.model_dump(mode="json"), cfg.guidance.uncond, cfg.guidance.scale,
+                       cfg.ode_regression.teacher_steps, cfg.ode_regression.cfg, n, cfg.train.seed, prompts))
     with StepProgress(n, 0, console, dist.is_main, "ODE pairs") as progress:
         done = [0]
 
@@ -360,7 +380,7 @@ def ode_warm_start(ctx, conds, run_dir: Path, dist: Dist, log: MetricsLog, conso
             done[0] += count
             progress.update(done[0], {})
 
-        pairs = make_pairs(ctx, conds, n, cfg.train.seed, run_dir / "ode_pairs.safetensors", advance, dist)
+        pairs = make_pairs(ctx, conds, n, cfg.train.seed, run_dir / "ode_pairs.safetensors", advance, dist, key)
     opt = make_optimizer(ctx.nets.generator_params, cfg.ode_regression.lr or cfg.train.lr_generator, cfg.train, ctx.device,
                          dist.world_size, bucket_view=False)  # the generator's own optimizer holds the views
     reducer = make_reducer(ctx.nets.generator_params, opt, dist)

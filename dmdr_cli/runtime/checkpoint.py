@@ -116,10 +116,12 @@ def start_partial(run_dir: Path, step: int) -> Path:
 def write_optimizer_shard(partial: Path, name: str, opt, rank: int) -> None:
     """This rank's shard of a sharded optimizer's state, in its own files, written in parallel with the other
     ranks': optim_<name>.rank<r>.safetensors (state tensors by global parameter index) and .json (scalars)."""
+    from .faults import fault_point
     from .precision import local_shard_state
 
     tensors, scalars = _state_to_files(local_shard_state(opt))
     try:
+        fault_point(f"checkpoint-shard-{name}")
         save_tensors(partial / f"optim_{name}.rank{rank}.safetensors", tensors)
         write_json(partial / f"optim_{name}.rank{rank}.json", {"scalars": scalars})
     except OSError as e:

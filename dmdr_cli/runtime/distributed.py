@@ -62,6 +62,15 @@ class Dist:
         torch.distributed.all_gather(parts, padded)
         return torch.cat([part[:n] for part, n in zip(parts, counts)]).cpu()
 
+    def raise_together(self, error: Exception | None, message: str) -> None:
+        """After work that can fail on some processes only (a checkpoint write): every process learns whether any
+        failed (a collective, in place of a barrier) and raises, its own error or DmdrError(`message`), so none
+        is left waiting in the next collective until a watchdog ends it."""
+        if self.any(error is not None):
+            from ..errors import DmdrError
+
+            raise error if error is not None else DmdrError(message)
+
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()

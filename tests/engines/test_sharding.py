@@ -24,11 +24,11 @@ SHARD_ATOL = 1e-6
 WEIGHT_ATOL = 1e-4
 
 
-def torchrun(*args: str, port: int, env: dict | None = None, expect: int = 0) -> str:
+def torchrun(*args: str, port: int, env: dict | None = None, expect: int = 0, timeout: float = 300) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "dmdr_cli", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert (proc.returncode == 0) == (expect == 0), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -222,3 +222,25 @@ def test_resume_refuses_another_split_of_the_same_global_batch(tmp_path):
         check_against_recipe(info(2, 1, 1), run(1, 2), mode="resume", processes=1)
     changes = check_against_recipe(info(1, 2, 1), run(1, 1), mode="resume", processes=2, allow_change=True)
     assert changes == ["train.gradient_accumulation 2 -> 1 at the same global batch 2 (noise is drawn per micro-batch)"]
+
+
+@pytest.mark.slow
+def test_a_write_failing_on_one_rank_ends_every_rank_and_the_ode_cache_stays(tiny_sd, tmp_path):
+    """Defect: rank 1's optimizer shard cannot be written (disk full); rank 0 used to wait for it in a barrier
+    until a watchdog ended it (gloo's: 30 minutes). Now every rank ends at once with one line. The run failed
+    before its first checkpoint, so its folder is discarded, except the ODE pairs: a teacher-sampling cache
+    that the next start reuses (tests/unit/test_ode_regression.py: for the same key only)."""
+    from test_ddp import free_port
+
+    run = tmp_path / "run"
+    path = recipe(tmp_path, "sd", tiny_sd, run, coldstart={"steps": 0},
+                  ode_regression={"steps": 1, "pairs": 2, "teacher_steps": 2},
+                  train={"steps": 1, "batch_size": 1, "sharding": "optimizer", "sample_every": 0})
+    out = torchrun("distill", str(path), port=free_port(), expect=2, timeout=150,
+                   env={"DMDR_FAULT": "checkpoint-shard-fake", "DMDR_FAULT_RANK": "1", "DMDR_FAULT_ERROR": "ENOSPC"})
+    final = run / "checkpoints" / "step-000001"
+    assert f"error: could not write checkpoint shard in {run / 'checkpoints' / '.partial-step-000001-shared'} (No " \
+           f"space left on device)" in out, out[-2000:]
+    assert f"error: could not write checkpoint {final}: another process failed (its error is above)" in out
+    assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == ["ode_pairs.safetensors"]
+    assert not final.exists() and not (run / "recipe.yaml").exists()

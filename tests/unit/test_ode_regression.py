@@ -77,3 +77,29 @@ def test_each_process_makes_only_its_shard_and_only_the_main_process_writes(tmp_
         assert pairs["prompt_index"].tolist()[expected[rank].start:expected[rank].stop] == [i % 3 for i in expected[rank]]
         assert cache.is_file() == (rank == 0)
     assert not [p.name for p in tmp_path.rglob("*tmp*")], "no temporary file left behind"
+
+
+def test_the_pair_cache_is_reused_for_its_key_only(tmp_path, monkeypatch):
+    """The cache outlives a run that failed early (the next start reuses it), so it says what it was made for:
+    another teacher, prompt list or sampler setting (another key) makes the pairs again."""
+    cfg = validate({"model": {"family": "sd", "pretrained": "unused"}, "train": {"steps": 2, "batch_size": 2}})
+    calls = []
+
+    def teacher_sample(family, net, z, cond, steps, guidance):
+        calls.append(len(z))
+        return 0.5 * z
+
+    monkeypatch.setattr(ode_regression, "teacher_sample", teacher_sample)
+    ctx = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), amp=contextlib.nullcontext, uncond=None,
+                          family=SimpleNamespace(latent_shape=lambda resolution: SHAPE),
+                          nets=SimpleNamespace(as_real=lambda scale: None))
+    cache = tmp_path / "ode_pairs.safetensors"
+    first = make_pairs(ctx, Prompts(), 3, 7, cache, key="a")
+    made = len(calls)
+    again = make_pairs(ctx, Prompts(), 3, 7, cache, key="a")
+    assert len(calls) == made and torch.equal(again["target"], first["target"])
+    make_pairs(ctx, Prompts(), 3, 7, cache, key="b")
+    assert len(calls) == 2 * made
+    cache.write_bytes(b"not safetensors")  # a damaged cache is made again, not an error
+    make_pairs(ctx, Prompts(), 3, 7, cache, key="b")
+    assert len(calls) == 3 * made
