@@ -61,8 +61,11 @@ run eval_scores_b64 python3 bench/eval_throughput.py "${eval[@]}"
 python3 - "$out/results.jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if r.get("bench") == "dmdr-step" and r.get("peak_GiB") and r.get("planned_GiB"):
+    try:
+        r = json.loads(line)
+    except ValueError:  # the throughput lines are text
+        continue
+    if isinstance(r, dict) and r.get("bench") == "dmdr-step" and r.get("peak_GiB") and r.get("planned_GiB"):
         what = r.get("recipe") or f"{r['model']} b{r['batch']} {r['finetune']} gc{r['gc']} refl{r['refl']} {r['decoder']}"
         print(f"planner vs measured: {what} x{r['processes']} {r['sharding']}: planned {r['planned_GiB']} GiB, "
               f"measured {r['peak_GiB']} GiB ({r['planned_GiB'] / r['peak_GiB'] - 1:+.1%})")
