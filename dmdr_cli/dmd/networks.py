@@ -254,17 +254,20 @@ def _set_lora_input_casting(model: torch.nn.Module, enabled: bool) -> None:
 
 
 def _trainable_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """An fp32 trainable copy of the (possibly bf16) frozen teacher. Each tensor is replaced by its fp32 copy
-    rather than converted in place (module.float()), which FakeTensorMode refuses for copied fake parameters:
-    the memory planner traces this copy (engines/memory_trace.py)."""
-    clone = copy.deepcopy(model)
+    """An fp32 trainable copy of the (possibly bf16) frozen teacher. Each floating-point tensor is converted as it
+    is copied (deepcopy's memo holds its fp32 version), never copied at the teacher's precision first: no transient
+    second copy, and nothing converted in place, which FakeTensorMode refuses. Under FakeTensorMode the memory
+    planner traces this copy (engines/memory_trace.py); there a dropped intermediate copy left the fp32 tensors
+    with freed storage (a segfault in the DMD2 layout's second copy)."""
+    memo: dict[int, torch.Tensor] = {}
     with torch.no_grad():
-        for module in clone.modules():
-            for name, p in module._parameters.items():
-                if p is not None and p.is_floating_point() and p.dtype != torch.float32:
-                    module._parameters[name] = torch.nn.Parameter(p.float(), requires_grad=p.requires_grad)
-            for name, b in module._buffers.items():
-                if b is not None and b.is_floating_point() and b.dtype != torch.float32:
-                    module._buffers[name] = b.float()
+        for module in model.modules():
+            for p in module._parameters.values():
+                if p is not None and p.is_floating_point() and p.dtype != torch.float32 and id(p) not in memo:
+                    memo[id(p)] = torch.nn.Parameter(p.float(), requires_grad=p.requires_grad)
+            for b in module._buffers.values():
+                if b is not None and b.is_floating_point() and b.dtype != torch.float32 and id(b) not in memo:
+                    memo[id(b)] = b.float()
+    clone = copy.deepcopy(model, memo)
     clone.requires_grad_(True).train()
     return clone
