@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# One-GPU check, under 8 minutes: random-weight SDXL-, SD3-Medium- and SD3.5-Large-sized models (bf16, no
+# One-GPU check, about 10 minutes: random-weight SDXL-, SD3-Medium- and SD3.5-Large-sized models (bf16, no
 # text encoders), the project's own generator update with and without ReFL (s/step, peak GiB, ratio to
 # the sum of its plain passes), and the peer-layout reference (../shared/bench/ref_dmdr_step.py, copied
-# into the git-ignored .devbench/) on the same machine for the time ratio; then the evaluation throughput of
-# the four score models at real size, batch 64 (target: >= 50 images/s together). On a machine with 2 or more
-# GPUs, the SDXL full fine-tune with train.sharding: optimizer over all of them as well.
+# into the git-ignored .devbench/) on the same machine for the time ratio; the step of the two 24 GB recipes
+# (recipes/sdxl/4step-refl-lora-24gb.yaml, recipes/sd3-medium/4step-refl-24gb.yaml); then the evaluation
+# throughput of the four score models at real size, batch 64 (target: >= 50 images/s together). On a machine
+# with 2 or more GPUs, the SDXL full fine-tune with train.sharding: optimizer over all of them as well. Last,
+# the memory planner's figure (traced on the CPU, per step) against each measured peak: the first run on a GPU
+# is what calibrates the planner (README, "What fits where").
 # Usage (device machine, repo root): bash bench/gpu_check.sh [OUT_DIR]
 #        (any machine, no GPU: same sequence on small models): bash bench/gpu_check.sh OUT_DIR --tiny
-# Needs diffusers, pydantic, open_clip_torch and ftfy there: carry them as wheels in .whl/ (README, Benchmarks).
+# Needs diffusers, pydantic, open_clip_torch, ftfy and bitsandbytes there: carry them as wheels in .whl/ (README,
+# Benchmarks).
 set -uo pipefail
 out=${1:-${OUT:-/tmp/gpu_check}}
 tiny=${2:-}
@@ -45,6 +49,24 @@ if [ "$ngpu" -ge 2 ]; then
 else
   echo '{"label": "sdxl_b4_full_gc_sharded", "skipped": "one GPU: sharding needs 2 or more"}' | tee -a "$out/results.jsonl"
 fi
+# train.sharding: full (FSDP2) is not implemented (issue 22): nothing to run for it
+echo '{"label": "sdxl_b4_full_gc_fsdp", "skipped": "train.sharding full is not implemented"}' | tee -a "$out/results.jsonl"
 run sd35l_b2_lora_gc_refl python3 $S "${mmdit[@]}" --batch 2 --finetune lora --gc 1 --refl 1 --steps 1
 run sd3m_b4_lora_gc_refl python3 $S "${mmdit_m[@]}" --batch 4 --finetune lora --gc 1 --refl 1
+# the one-GPU 24 GB recipes' own step (8-bit AdamW needs bitsandbytes: carry its wheel); peak must stay under 24
+run sdxl_24gb_recipe python3 $S "${unet[@]}" --recipe recipes/sdxl/4step-refl-lora-24gb.yaml
+run sd3m_24gb_recipe python3 $S "${mmdit_m[@]}" --recipe recipes/sd3-medium/4step-refl-24gb.yaml
 run eval_scores_b64 python3 bench/eval_throughput.py "${eval[@]}"
+# the memory planner against the measured peaks (max_memory_allocated), one line per configuration
+python3 - "$out/results.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        r = json.loads(line)
+    except ValueError:  # the throughput lines are text
+        continue
+    if isinstance(r, dict) and r.get("bench") == "dmdr-step" and r.get("peak_GiB") and r.get("planned_GiB"):
+        what = r.get("recipe") or f"{r['model']} b{r['batch']} {r['finetune']} gc{r['gc']} refl{r['refl']} {r['decoder']}"
+        print(f"planner vs measured: {what} x{r['processes']} {r['sharding']}: planned {r['planned_GiB']} GiB, "
+              f"measured {r['peak_GiB']} GiB ({r['planned_GiB'] / r['peak_GiB'] - 1:+.1%})")
+PY

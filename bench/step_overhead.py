@@ -109,6 +109,42 @@ def recipe(name, res, batch, finetune, gc, refl, device, sharding="none"):
     })
 
 
+def from_recipe(path: str, name: str, sharding: str, device, resolution: int | None):
+    """A shipped recipe's step settings (student, guidance, dmd, train, rl) on the --model architecture: random
+    weights, its rewards replaced by the placeholder (the reward models' cost is not what is measured)."""
+    from dmdr_cli.recipe import load_recipe
+
+    data = load_recipe(path).model_dump(mode="json")
+    if data["model"]["family"] != MODELS[name][0]:
+        raise SystemExit(f"--recipe {path} is a {data['model']['family']} recipe, --model {name} is {MODELS[name][0]}")
+    data["model"].update(pretrained="random", single_file=None, variant=None,
+                         resolution=resolution or data["model"]["resolution"])
+    if device.type != "cuda":  # bitsandbytes' 8-bit AdamW is CUDA-only: the CPU check runs AdamW
+        data["train"]["optimizer"] = "adamw"
+    data["train"].update(lr_generator=1e-7, lr_guidance=1e-7, sharding=sharding, gradient_accumulation=1)
+    if data["rl"]["algorithm"] != "none":
+        data["rl"].update(algorithm="refl", rewards=[{"name": "custom", "loss": "linear"}])
+    return validate(data)
+
+
+# the published architecture each GPU model is (memory_trace.KNOWN), for the planner's figure
+PLANNED_AS = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sd3m": "stabilityai/stable-diffusion-3-medium-diffusers",
+              "sd35l": "stabilityai/stable-diffusion-3.5-large"}
+
+
+def planned_gib(cfg, name: str, tiny_decoder: bool, world: int) -> float | None:
+    """The memory planner's figure for exactly this step (bench's text tokens, its decoder, its world size)."""
+    if name not in PLANNED_AS:
+        return None
+    from dmdr_cli.engines.memory import estimate, traced
+
+    model = {"pretrained": PLANNED_AS[name], "max_text_tokens": MODELS[name][5] - 77 if MODELS[name][0] == "sd3" else None}
+    plan_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={k: v for k, v in model.items() if v}),
+                                      "rl": cfg.rl.model_copy(update={"decoder": "madebyollin/taesd" if tiny_decoder
+                                                                      else None})})
+    return estimate(plan_cfg, traced(plan_cfg), world).total / 2**30
+
+
 class PassCounter:
     """Counts the denoiser calls of a step by kind: (batch, with grad)."""
 
@@ -147,6 +183,8 @@ def main():
                                                                   "the SDXL recipes do (rl.decoder)")
     ap.add_argument("--sharding", choices=["none", "optimizer"], default="none",
                     help="with several processes (torchrun): train.sharding")
+    ap.add_argument("--recipe", default=None, help="take the step's settings (batch, LoRA, checkpointing, decoder, "
+                                                   "optimizer...) from this recipe instead of the flags above")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -163,8 +201,14 @@ def main():
         torch.backends.cudnn.allow_tf32 = True
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
+    if a.recipe:  # the flags follow the recipe
+        cfg = from_recipe(a.recipe, a.model, a.sharding, device, a.resolution)
+        a.batch, a.finetune, a.resolution = cfg.train.batch_size, cfg.student.finetune, cfg.model.resolution
+        a.gc, a.refl, a.tiny_decoder = int(cfg.train.gradient_checkpointing), int(cfg.rl.algorithm != "none"), \
+            int(bool(cfg.rl.decoder))
     family, make_cond, res = build(a.model, device, dtype, a.resolution)
-    cfg = recipe(a.model, res, a.batch, a.finetune, a.gc, a.refl, device, a.sharding)
+    if not a.recipe:
+        cfg = recipe(a.model, res, a.batch, a.finetune, a.gc, a.refl, device, a.sharding)
     teacher = family.denoiser
     if a.gc:
         teacher.enable_gradient_checkpointing()
@@ -271,6 +315,7 @@ def main():
     expected = sum(n / a.steps * plain[k] for k, n in counter.counts.items()) + sum(extra.values())
     if dist.rank != 0:
         return
+    planned = planned_gib(cfg, a.model, decoder is not None, world) if device.type == "cuda" else None
     print(json.dumps({"bench": "dmdr-step", "model": a.model, "family": MODELS[a.model][0], "batch": B,
                       "processes": world, "sharding": a.sharding if world > 1 else "none",
                       "comm_MiB_per_gen_update": round(comm_mib, 1),
@@ -279,6 +324,8 @@ def main():
                       "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                       "s_per_gen_update": round(step, 3), "sum_of_passes_s": round(expected, 3),
                       "ratio": round(step / expected, 3), "peak_GiB": round(peak, 1) if peak else None,
+                      "planned_GiB": round(planned, 1) if planned is not None else None,
+                      "recipe": a.recipe, "optimizer": cfg.train.optimizer,
                       "passes": passes, "other_s": {k: round(v, 4) for k, v in extra.items()}}), flush=True)
 
 

@@ -90,7 +90,11 @@ def _train_command(stage: str):
             help="Processes (GPUs) the memory plan assumes; default: the launched world size (WORLD_SIZE)."),
         gpu_memory: Optional[float] = typer.Option(
             None, "--gpu-memory", min=1, max=4096,
-            help="GiB per GPU: the plan says whether the estimate fits and which knob would make it fit."),
+            help="GiB per GPU: the plan says whether the estimate fits and which knobs would make it fit."),
+        memory: bool = typer.Option(
+            True, "--memory/--no-memory",
+            help="With --dry-run: the memory plan, from one training step traced on fake tensors (about 30 s for "
+                 "SDXL on a CPU)."),
     ):
         from .recipe import load_recipe
 
@@ -101,7 +105,7 @@ def _train_command(stage: str):
         from .engines.plan import print_plan
 
         print_plan(cfg, stage=stage, init=init, resume=resume, console=console, processes=processes,
-                   gpu_memory=gpu_memory)
+                   gpu_memory=gpu_memory, memory=dry_run and memory)
         if dry_run:
             from .data.prompt_report import print_prompt_report
 

@@ -204,8 +204,9 @@ def check_lora_targets(model: torch.nn.Module, targets: list[str], key: str) -> 
                         f"layer of the {type(model).__name__}; valid names: {shown}")
 
 
-def build_networks(teacher: torch.nn.Module, cfg, family_cls) -> ScoreNetworks:
-    """Turn the loaded teacher denoiser into the generator / real / fake roles the recipe asks for."""
+def build_networks(teacher: torch.nn.Module, cfg, family_cls, device: torch.device | None = None) -> ScoreNetworks:
+    """Turn the loaded teacher denoiser into the generator / real / fake roles the recipe asks for. `device`: the
+    device whose precision rules apply (default: the teacher's; the memory planner traces CUDA's on the CPU)."""
     teacher.requires_grad_(False)
     s, g = cfg.student, cfg.guidance
     gen_targets = s.lora_targets or list(family_cls.generator_lora_targets)
@@ -232,7 +233,7 @@ def build_networks(teacher: torch.nn.Module, cfg, family_cls) -> ScoreNetworks:
         generator_switch = None
         guidance_switch = AdapterSwitch(teacher) if fake_full is None else None
 
-    device = next(teacher.parameters()).device
+    device = device or next(teacher.parameters()).device
     if autocast_dtype(cfg.train.mixed_precision, device) is not None:
         # peft casts each LoRA input to the adapter's fp32 dtype: a full fp32 copy of every activation it
         # touches. Under autocast the LoRA matmuls run in the autocast dtype anyway, so skip the copy; without
@@ -253,7 +254,20 @@ def _set_lora_input_casting(model: torch.nn.Module, enabled: bool) -> None:
 
 
 def _trainable_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """An fp32 trainable copy of the (possibly bf16) frozen teacher."""
-    clone = copy.deepcopy(model)
-    clone.float().requires_grad_(True).train()
+    """An fp32 trainable copy of the (possibly bf16) frozen teacher. Each floating-point tensor is converted as it
+    is copied (deepcopy's memo holds its fp32 version), never copied at the teacher's precision first: no transient
+    second copy, and nothing converted in place, which FakeTensorMode refuses. Under FakeTensorMode the memory
+    planner traces this copy (engines/memory_trace.py); there a dropped intermediate copy left the fp32 tensors
+    with freed storage (a segfault in the DMD2 layout's second copy)."""
+    memo: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for module in model.modules():
+            for p in module._parameters.values():
+                if p is not None and p.is_floating_point() and p.dtype != torch.float32 and id(p) not in memo:
+                    memo[id(p)] = torch.nn.Parameter(p.float(), requires_grad=p.requires_grad)
+            for b in module._buffers.values():
+                if b is not None and b.is_floating_point() and b.dtype != torch.float32 and id(b) not in memo:
+                    memo[id(b)] = b.float()
+    clone = copy.deepcopy(model, memo)
+    clone.requires_grad_(True).train()
     return clone

@@ -5,13 +5,17 @@ regressed onto the teacher's noise -> image map. Term: DMD (arXiv 2311.18828) ad
 to every generator update so that the mode-seeking distribution-matching gradient cannot drop what the
 teacher draws; CausVid does the same against drift over many steps. The pairs are made by the project
 itself, image-free: noise from keyed seeds, the teacher's own multi-step sampler with CFG, on the run's
-training prompts. They are cached (the run folder, or `ode_regression.cache` to share them between runs),
-so a resumed run reuses them; the cache records what made it and a mismatching one is refused.
+training prompts. They are cached (the run folder, or `ode_regression.cache` to share them between runs)
+with a record of what made them (`pair_identity`), so a resumed or restarted run reuses them; a failed run
+leaves the cache in place. A run-folder cache made for other pairs (or damaged) is made again; a shared
+cache the user named is never overwritten: one made for other pairs is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,6 +29,8 @@ from ..families.base import Guidance
 from ..sampling import teacher_sample
 from .randomness import keyed_generator
 
+IDENTITY_KEY = "dmdr_ode_pairs"  # the safetensors metadata entry holding a pair cache's pair_identity
+
 
 def shard(n: int, rank: int, world_size: int) -> range:
     """Pair ids [0, n) split into `world_size` contiguous shards whose sizes differ by at most one."""
@@ -33,12 +39,21 @@ def shard(n: int, rank: int, world_size: int) -> range:
     return range(start, start + base + (rank < extra))
 
 
-def pair_identity(cfg, n_prompts: int) -> dict:
-    """What a pair file is made of: a cache is reused only by a run that would make the same pairs."""
-    ode = cfg.ode_regression
-    return {"teacher": cfg.model.pretrained, "resolution": cfg.model.resolution, "prompts": cfg.data.prompts,
-            "n_prompts": n_prompts, "pairs": ode.pairs, "seed": pair_seed(cfg), "teacher_steps": ode.teacher_steps,
+def pair_identity(cfg, prompts: Sequence[str]) -> dict:
+    """What the pairs are made of: a cache is reused only by a run that would make the same pairs (the teacher
+    as loaded, the training prompts' texts in order, the pair count and seed, the teacher's sampler)."""
+    ode, model = cfg.ode_regression, cfg.model.model_dump(mode="json")
+    return {"teacher": model.pop("pretrained"), **model, "prompts": prompts_digest(prompts),
+            "n_prompts": len(prompts), "pairs": ode.pairs, "seed": pair_seed(cfg), "teacher_steps": ode.teacher_steps,
             "cfg": ode.cfg if ode.cfg is not None else cfg.guidance.scale, "uncond": cfg.guidance.uncond}
+
+
+def prompts_digest(prompts: Sequence[str]) -> str:
+    """A 64-bit BLAKE2b digest of the prompts in order (another file with the same texts gives the same)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for prompt in prompts:
+        digest.update(prompt.encode("utf-8") + b"\0")
+    return digest.hexdigest()
 
 
 def pair_seed(cfg) -> int:
@@ -49,36 +64,55 @@ def cache_path(cfg, run_dir: Path) -> Path:
     return Path(cfg.ode_regression.cache).expanduser() if cfg.ode_regression.cache else run_dir / "ode_pairs.safetensors"
 
 
-def _read_cache(cache: Path, identity: dict) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def cache_mismatch(cache: Path, identity: dict) -> str | None:
+    """None where `cache` holds the pairs `identity` describes, else why not (missing, damaged, made for other
+    pairs: the differing entries, or a file that records none)."""
+    from safetensors import SafetensorError, safe_open
 
-    with as_os_errors(), safe_open(str(cache), "pt") as f:
-        saved = json.loads((f.metadata() or {}).get("dmdr_ode_pairs", "null"))
-    if saved is not None and saved != identity:
+    if not cache.is_file():
+        return "missing"
+    try:
+        with safe_open(str(cache), "pt") as f:
+            saved = json.loads((f.metadata() or {}).get(IDENTITY_KEY, "null"))
+    except (OSError, SafetensorError, ValueError) as err:
+        return f"unreadable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    if not isinstance(saved, dict):
+        return "made for other pairs (it records no dmdr pair identity)"
+    if saved != identity:
         differ = ", ".join(f"{k} {saved.get(k)!r} vs {v!r}" for k, v in identity.items() if saved.get(k) != v)
-        raise DmdrError(f"ODE pair cache {cache} was made for other pairs ({differ}): point ode_regression.cache "
-                        f"elsewhere, or delete the file to make the pairs again")
-    return load_file(str(cache))
+        return f"made for other pairs ({differ or 'other entries'})"
+    return None
 
 
-def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, dist=None) -> dict[str, torch.Tensor]:
+def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, dist=None, *, identity: dict,
+               shared: bool = False) -> dict[str, torch.Tensor]:
     """{noise, target, prompt_index}: teacher ODE outputs for keyed noise; pair i takes training prompt
     `prompt_index(i, #prompts, seed)` (the training order, so any number of pairs covers the prompts evenly).
     `conds`: the training prompts' conditioning, in the order of the prompt list.
 
     With several processes each makes its shard of the pairs, all gather them, and the main process alone
-    writes the cache (every pair depends on its id only, so the split does not change them).
+    writes the cache (every pair depends on its id only, so the split does not change them). `identity`
+    (pair_identity) is recorded in the cache: one that records another is made again, unless it is `shared`
+    (the user's ode_regression.cache, which may be another run's: refused, never overwritten).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     rank, world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
-    identity = pair_identity(ctx.cfg, conds.batch_size)
-    missing = not cache.is_file()
-    if dist is not None:
-        missing = dist.any(missing)  # all processes agree on making them or not
-    if not missing:
-        return _read_cache(cache, identity)
+    mismatch = cache_mismatch(cache, identity)
+    refused = None
+    if shared and mismatch not in (None, "missing"):
+        refused = DmdrError(f"ODE pair cache {cache} is {mismatch}: point ode_regression.cache elsewhere, or "
+                            f"delete the file to make the pairs again")
+    if dist is not None:  # all processes agree on refusing, making them or reading them
+        dist.raise_together(refused, f"ODE pair cache {cache} was refused by another process (its error is above)")
+        remake = dist.any(mismatch is not None)
+    elif refused is not None:
+        raise refused
+    else:
+        remake = mismatch is not None
+    if not remake:
+        with as_os_errors():
+            return load_file(str(cache))
     cfg = ctx.cfg.ode_regression
     scale = cfg.cfg if cfg.cfg is not None else ctx.cfg.guidance.scale
     shape = ctx.family.latent_shape(ctx.cfg.model.resolution)
@@ -107,7 +141,7 @@ def make_pairs(ctx, conds, n_pairs: int, seed: int, cache: Path, progress=None, 
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache, "the ODE pair cache", convert=False) as tmp:
             with as_os_errors():
-                save_file(pairs, str(tmp), metadata={"dmdr_ode_pairs": json.dumps(identity)})
+                save_file(pairs, str(tmp), metadata={IDENTITY_KEY: json.dumps(identity)})
     if dist is not None:
         dist.barrier()  # the cache is complete before any process goes on (or a resume reads it)
     return pairs

@@ -12,56 +12,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
+from ..families.shapes import denoiser_shapes, lora_parameter_count, lora_targets, numel
 from ..recipe import Recipe, to_yaml
-from ..runtime.files import safetensors_header
-
-DENOISER_FOLDERS = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer"}
-
-
-def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor shapes from a .safetensors header, without reading the tensors (a damaged file: one line)."""
-    header = safetensors_header(path, "model weights", fix="the model folder is damaged; download it again")
-    return {k: v["shape"] for k, v in header.items()}
-
-
-def denoiser_shapes(cfg: Recipe) -> dict[str, list[int]] | None:
-    """Shapes of the teacher's denoiser weights when they are on local disk, else None (hub id)."""
-    if cfg.model.single_file and Path(cfg.model.single_file).is_file():
-        return None  # original-layout keys: counts would need the conversion, which loads weights
-    folder = Path(cfg.model.pretrained) / DENOISER_FOLDERS[cfg.model.family]
-    if not folder.is_dir():
-        return None
-    variant = f".{cfg.model.variant}" if cfg.model.variant else ""
-    files = sorted(folder.glob(f"diffusion_pytorch_model{variant}*.safetensors"))
-    if not files:
-        return None
-    shapes: dict[str, list[int]] = {}
-    for f in files:
-        shapes.update(safetensors_shapes(f))
-    return shapes
-
-
-def lora_parameter_count(shapes: dict[str, list[int]], targets: list[str], rank: int) -> int:
-    """Parameters peft adds for LoRA of `rank` on modules whose name ends with a target (peft's suffix match)."""
-    total = 0
-    for key, shape in shapes.items():
-        if not key.endswith(".weight"):
-            continue
-        module = key[: -len(".weight")]
-        if not any(module == t or module.endswith("." + t) for t in targets):
-            continue
-        if len(shape) == 2:  # Linear: A (r x in) + B (out x r)
-            total += rank * (shape[0] + shape[1])
-        elif len(shape) == 4:  # Conv: A (r x in x kh x kw) + B 1x1 (out x r)
-            total += rank * (shape[1] * shape[2] * shape[3] + shape[0])
-    return total
-
-
-def _family_targets(family: str) -> tuple[list[str], list[str]]:
-    from ..families import FAMILIES
-
-    cls = FAMILIES[family]
-    return list(cls.generator_lora_targets), list(cls.guidance_lora_targets)
 
 
 def _prompt_check(spec: str) -> str | None:
@@ -83,12 +35,12 @@ def plan_rows(cfg: Recipe, stage: str, init: str | None, resume: str | None) -> 
     times = ", ".join(f"{t:g}" for t in s.timesteps) if s.timesteps else "family default"
     rows.append(("student", f"{s.steps} step(s), times {times}, sampler {s.sampler}, {s.finetune} fine-tune"
                             + (f" (LoRA r{s.lora_rank}, alpha {s.lora_alpha:g})" if s.finetune == "lora" else "")))
-    gen_targets, gui_targets = _family_targets(m.family)
+    gen_targets, gui_targets = lora_targets(cfg)
     shapes = denoiser_shapes(cfg)
     if shapes is not None:
-        base = sum(_numel(v) for v in shapes.values())
-        gen = base if s.finetune == "full" else lora_parameter_count(shapes, s.lora_targets or gen_targets, s.lora_rank)
-        fake = lora_parameter_count(shapes, cfg.guidance.lora_targets or gui_targets, cfg.guidance.lora_rank)
+        base = sum(numel(v) for v in shapes.values())
+        gen = base if s.finetune == "full" else lora_parameter_count(shapes, gen_targets, s.lora_rank)
+        fake = lora_parameter_count(shapes, gui_targets, cfg.guidance.lora_rank)
         if cfg.guidance.layout == "dmd2":
             fake = base
         rows.append(("trainable parameters", f"generator {gen:,} / fake score {fake:,} (teacher {base:,})"))
@@ -135,17 +87,11 @@ def _reward_check(spec) -> str | None:
     return None
 
 
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def print_plan(cfg: Recipe, stage: str, init: str | None, resume: str | None, console: Console,
-               processes: int | None = None, gpu_memory: float | None = None) -> None:
-    """The resolved recipe, the plan, and the memory plan: estimated peak GiB per GPU at `processes` (default:
-    the launched world size), with and without sharding, and whether it fits `gpu_memory`."""
+               processes: int | None = None, gpu_memory: float | None = None, memory: bool = True) -> None:
+    """The resolved recipe, the plan, and (`memory`) the memory plan: estimated peak GiB per GPU at `processes`
+    (default: the launched world size), with and without sharding, and whether it fits `gpu_memory` (without it:
+    24, 40 and 80 GB cards)."""
     from .memory import GiB, launched_processes, memory_report
 
     console.rule(f"dmdr {stage}: resolved recipe")
@@ -157,10 +103,15 @@ def print_plan(cfg: Recipe, stage: str, init: str | None, resume: str | None, co
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+    if not memory:
+        for w in warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+        return
     n = processes or launched_processes()
-    report = memory_report(cfg, n, gpu_memory)
+    with console.status("memory plan: tracing a training step on fake tensors"):
+        report = memory_report(cfg, n, gpu_memory)
     if report is None or isinstance(report, str):
-        console.print(report or "memory plan: needs the denoiser's config.json (a local folder) or a known hub id")
+        console.print(report or "memory plan: needs the pipeline's configs (a local folder) or a known hub id")
     else:
         head, plans, lines, mem_warnings = report
         mem = Table(title=f"memory per GPU at {n} process(es), GiB ({head})", title_justify="left")
@@ -169,7 +120,10 @@ def print_plan(cfg: Recipe, stage: str, init: str | None, resume: str | None, co
             mem.add_column(f"sharding {name}" + (" (recipe)" if name == cfg.train.sharding else ""), justify="right")
         for term in next(iter(plans.values())).terms:
             mem.add_row(term, *(f"{plan.terms[term] / GiB:.1f}" for plan in plans.values()))
-        mem.add_row("estimated peak", *(f"{plan.total / GiB:.1f}" for plan in plans.values()), style="bold")
+        if any(plan.encoding > plan.total for plan in plans.values()):  # before training: the prompts' encoding
+            mem.add_row("prompt encoding (before it)",
+                        *(f"{plan.encoding / GiB:.1f}" for plan in plans.values()))
+        mem.add_row("estimated peak", *(f"{plan.peak / GiB:.1f}" for plan in plans.values()), style="bold")
         console.print(mem)
         for line in lines:
             console.print(line)

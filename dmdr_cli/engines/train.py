@@ -31,7 +31,7 @@ from ..runtime.rundir import RunFolder, is_done, mark_done
 from ..dmd.gan import GanTerm
 from ..dmd.ema import GeneratorEMA, averaged
 from ..dmd.networks import build_networks
-from ..dmd.ode_regression import cache_path, make_pairs, pair_seed, regression_loss, term_loss
+from ..dmd.ode_regression import cache_path, make_pairs, pair_identity, pair_seed, regression_loss, term_loss
 from ..dmd.randomness import StepRandomness, key_seed, keyed_generator
 from ..dmd.step import StepContext, dmd_generator_loss, fake_score_step_loss, generator_sample
 from ..dmd.validation import grid_image, save_sample_grid, validate
@@ -219,18 +219,21 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             return ids, [prompts[r] for r in rows], conds[rows].to(device)
 
         def save(k: int):
+            """Checkpoint k: every rank writes its optimizer shards (sharded), then the main rank the rest. A write
+            that fails on one rank ends every rank with one line, none waits in a collective for it."""
             optimizers = {"generator": opt_g, "fake": opt_f, **({"gan_head": gan.opt} if gan is not None else {})}
             sharded = {name: opt for name, opt in optimizers.items() if is_sharded(opt)}
+            elsewhere = (f"could not write checkpoint {run.path / 'checkpoints' / ckpt.step_dir_name(k)}: another "
+                         f"process failed (its error is above); the previous checkpoint is intact: free space or fix "
+                         f"permissions and --resume latest")
             partial = None
             if sharded:  # every rank writes its own optimizer shard, in parallel, into the folder being written
-                if dist.is_main:
-                    ckpt.start_partial(run.path, k)
-                dist.barrier()
+                dist.raise_together(attempt(lambda: ckpt.start_partial(run.path, k), dist.is_main), elsewhere)
                 partial = ckpt.shared_partial(run.path, k)
-                for name, opt in sharded.items():
-                    ckpt.write_optimizer_shard(partial, name, opt, dist.rank)
-                dist.barrier()
-            if dist.is_main:
+                dist.raise_together(attempt(lambda: [ckpt.write_optimizer_shard(partial, name, opt, dist.rank)
+                                                     for name, opt in sharded.items()]), elsewhere)
+
+            def write():
                 tensors = nets.trainable_state()
                 if ema is not None:  # the averaged generator beside the live one: sample / export read it
                     with ema.swapped():
@@ -243,7 +246,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                                      state=run_state(cfg, stage, nets, dist.world_size), tensors=tensors,
                                      optimizers=optimizers, keep=cfg.train.keep_checkpoints, fault_hook=fault_point,
                                      partial=partial, shards=dist.world_size)
-            dist.barrier()
+
+            dist.raise_together(attempt(write, dist.is_main), elsewhere)
 
         def logged(k: int) -> bool:
             """Whether generator step k (counted from 1) writes a log line."""
@@ -422,8 +426,21 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     return run.path
 
 
-def teacher_pairs(ctx, conds, run_dir: Path, dist: Dist, console: Console) -> dict[str, torch.Tensor]:
-    """The (noise, teacher sample) pairs of the ode_regression section: made once, then read from the cache."""
+def attempt(work, here: bool = True) -> Exception | None:
+    """Run `work` (when `here`) and return what it raised, for Dist.raise_together."""
+    if not here:
+        return None
+    try:
+        work()
+    except Exception as err:  # every process raises once all know (a write failure, or any other)
+        return err
+    return None
+
+
+def teacher_pairs(ctx, conds: PromptConditions, run_dir: Path, dist: Dist,
+                  console: Console) -> dict[str, torch.Tensor]:
+    """The (noise, teacher sample) pairs of the ode_regression section: made once, then read from the cache that
+    records what made them (the run folder's, kept by a run that fails early, or the user's shared one)."""
     cfg = ctx.cfg
     n = cfg.ode_regression.pairs
     with StepProgress(n, 0, console, dist.is_main, "ODE pairs") as progress:
@@ -433,7 +450,8 @@ def teacher_pairs(ctx, conds, run_dir: Path, dist: Dist, console: Console) -> di
             done[0] += count
             progress.update(done[0], {})
 
-        return make_pairs(ctx, conds, n, pair_seed(cfg), cache_path(cfg, run_dir), advance, dist)
+        return make_pairs(ctx, conds, n, pair_seed(cfg), cache_path(cfg, run_dir), advance, dist,
+                          identity=pair_identity(cfg, conds.prompts), shared=bool(cfg.ode_regression.cache))
 
 
 def ode_warm_start(ctx, pairs, conds, dist: Dist, log: MetricsLog, console: Console) -> None:
@@ -480,9 +498,8 @@ def restore(path: Path, nets, optimizers: dict, rl_branch, ema: GeneratorEMA | N
     nets.load_fake_state(data["tensors"]["fake"])
     if rl_branch is not None:
         rl_branch.load_state(data["tensors"].get("rl_reference", {}))
-    for name, opt in optimizers.items():
-        if name in data["optim"]:
-            ckpt.optimizer_from_files(opt, *data["optim"][name])
+    for name, opt in optimizers.items():  # compat.check_whole has seen every optimizer's files
+        ckpt.optimizer_from_files(opt, *data["optim"][name])
     return int(data["state"]["step"])
 
 

@@ -95,7 +95,7 @@ def open_checkpoint(spec: str | Path) -> ExportSource:
         raise DmdrError(f"{checkpoint}: state.json says family {family!r} but recipe.yaml says "
                         f"{recipe.model.family!r}: the checkpoint folder was assembled from two runs")
     if fmt == "full":  # names and shapes against the teacher's own weight headers, before either loads
-        from ..engines.plan import denoiser_shapes
+        from ..families.shapes import denoiser_shapes
 
         compat.check_full_generator(info, denoiser_shapes(recipe), recipe.model.pretrained)
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None

@@ -22,6 +22,9 @@ from ..errors import ModelLoadError
 from .schedules import NoiseSchedule
 
 
+CLIP_TOKENS = 77  # the CLIP tokenizers' model_max_length: every CLIP text encoder's sequence length
+
+
 class Cond(dict):
     """Conditioning for a batch: a dict of tensors whose first dim is the batch (family-defined keys).
 
@@ -187,6 +190,18 @@ class Family(ABC):
         return Cond({k: torch.zeros_like(v) if k in self.zeroable_keys else v for k, v in cond.items()})
 
     zeroable_keys: ClassVar[tuple[str, ...]] = ("text", "pooled")
+
+    @property
+    def clip_tokens(self) -> int:
+        """The CLIP text encoders' sequence length: their tokenizer's model_max_length (77 for every released
+        model; `text_tokens` when set, as the memory planner sets it from a folder without loading tokenizers)."""
+        tokenizer = next((t for t in self.components.tokenizers if t is not None), None)
+        return getattr(self, "text_tokens", None) or (tokenizer.model_max_length if tokenizer else CLIP_TOKENS)
+
+    def placeholder_cond(self, batch: int, device="cpu", dtype: torch.dtype = torch.float32) -> Cond:
+        """Conditioning of the shapes `encode_prompts` gives, without text encoders (zeros): the memory planner
+        traces a training step with it. A family that does not implement it has no traced memory plan."""
+        raise NotImplementedError(f"{self.name}: no placeholder conditioning (the memory planner cannot trace it)")
 
     # ---- denoiser -------------------------------------------------------------------------------
     @abstractmethod

@@ -156,6 +156,16 @@ class FluxFamily(Family):
             cond["guidance"] = torch.full((len(prompts),), self.student_guidance, device=pooled.device)
         return cond
 
+    def placeholder_cond(self, batch, device="cpu", dtype=torch.float32):
+        """encode_prompts' shapes: T5 states (max_text_tokens x joint_attention_dim), CLIP-L pooled, and dev's
+        guidance value (float32, as encode_prompts makes it)."""
+        config = self.denoiser.config
+        text = torch.zeros(batch, self.max_text_tokens, config.joint_attention_dim, device=device, dtype=dtype)
+        cond = Cond(text=text, pooled=torch.zeros(batch, config.pooled_projection_dim, device=device, dtype=dtype))
+        if self.embeds_guidance:
+            cond["guidance"] = torch.full((batch,), self.student_guidance, device=device)
+        return cond
+
     def use_guidance_values(self, student, fake):
         """dev: the student's value (None: 3.5, FluxPipeline's default) and the fake score's (None: the student's)."""
         if not self.embeds_guidance:

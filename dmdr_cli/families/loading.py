@@ -11,6 +11,8 @@ Every problem the user can fix (wrong path, wrong family, incomplete download) b
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import json
 import re
@@ -21,6 +23,35 @@ import torch
 
 from ..runtime.files import read_json
 from ..errors import ModelLoadError
+
+# Inside `architecture_only()`: models are built from their configs, no weight is read (the memory planner runs
+# the real loading code under torch's FakeTensorMode, where building allocates nothing).
+_ARCHITECTURE_ONLY = contextvars.ContextVar("dmdr_architecture_only", default=False)
+
+
+@contextlib.contextmanager
+def architecture_only():
+    """Within: `PipelineSource.load` builds each model from its config.json instead of loading its weights (under
+    FakeTensorMode: shapes and dtypes only). Tokenizers and single-file weights are not available."""
+    token = _ARCHITECTURE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _ARCHITECTURE_ONLY.reset(token)
+
+
+def _from_config(cls, config: dict, dtype: torch.dtype | None):
+    """A model of `cls` built from `config` (random initial weights) in `dtype`, the default dtype while it is
+    built (as from_pretrained's torch_dtype: no fp32 copy first)."""
+    if not hasattr(cls, "from_config"):
+        raise ModelLoadError(f"{cls.__name__} cannot be built from its config alone (architecture_only)")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)
+    try:
+        return cls.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
+
 
 # Pipeline class-name prefixes -> family, most specific first (img2img / inpaint variants share them).
 _PIPELINE_PREFIXES = (("StableDiffusion3", "sd3"), ("StableDiffusionXL", "sdxl"), ("StableDiffusion", "sd"),
@@ -86,6 +117,8 @@ class PipelineSource:
             kwargs["variant"] = self.variant
             if dtype is not None:  # transformers 5 renamed torch_dtype to dtype
                 kwargs["torch_dtype" if library == "diffusers" else "dtype"] = dtype
+        if _ARCHITECTURE_ONLY.get():
+            return _from_config(cls, self.load_config(component), dtype)
         try:
             return cls.from_pretrained(self.pretrained, **kwargs)
         except OSError as err:  # missing weight files, a variant that is not there, no cached copy offline
@@ -198,10 +231,19 @@ def module_dtype(net: torch.nn.Module) -> torch.dtype:
     return next(p.dtype for p in net.parameters() if p.is_floating_point())
 
 
+def place(module: torch.nn.Module, device) -> torch.nn.Module:
+    """`module` on `device`; one already there is left as it is (FakeTensorMode refuses converting fake parameters
+    in place, even to where they are: the memory planner loads models that way)."""
+    device = torch.device(device)
+    if any(t.device != device for t in list(module.parameters()) + list(module.buffers())):
+        module.to(device)
+    return module
+
+
 def freeze(module: torch.nn.Module | None, device) -> torch.nn.Module | None:
     """Eval mode, no parameter gradients, on `device` (text encoders and VAE are never trained)."""
     if module is not None:
-        module.to(device).eval().requires_grad_(False)
+        place(module, device).eval().requires_grad_(False)
     return module
 
 
@@ -221,7 +263,7 @@ def load_components(source: PipelineSource, model_cfg, *, denoiser: str, text_pa
         net = source.load_single_file(denoiser, single_file, dtype)
     else:
         net = source.load(denoiser, dtype)
-    net.to(device)
+    place(net, device)
 
     vae_config = source.load_config("vae") if source.has("vae") else None
     vae = None

@@ -71,6 +71,10 @@ class UNetFamily(Family):
         return cls(components, schedule=discrete_schedule(components.scheduler_config, prediction),
                    vae_config=vae_config, resolution=model_cfg.resolution)
 
+    def placeholder_cond(self, batch, device="cpu", dtype=torch.float32):
+        width = self.denoiser.config.cross_attention_dim
+        return Cond(text=torch.zeros(batch, self.clip_tokens, width, device=device, dtype=dtype))
+
     # ---- denoiser -------------------------------------------------------------------------------
     def _added_cond_kwargs(self, cond: Cond, device, dtype: torch.dtype) -> dict | None:
         """Extra UNet conditioning beyond the text states (SDXL: pooled embeds and time ids)."""

@@ -81,6 +81,12 @@ class SD3Family(Family):
         ids = tokenize(tokenizer, prompts, self.max_text_tokens).input_ids.to(encoder.device)
         return encoder(ids).last_hidden_state.to(like.device)
 
+    def placeholder_cond(self, batch, device="cpu", dtype=torch.float32):
+        config = self.denoiser.config
+        tokens = self.clip_tokens + self.max_text_tokens  # CLIP states, then T5's, on the sequence axis
+        return Cond(text=torch.zeros(batch, tokens, config.joint_attention_dim, device=device, dtype=dtype),
+                    pooled=torch.zeros(batch, config.pooled_projection_dim, device=device, dtype=dtype))
+
     # ---- denoiser -------------------------------------------------------------------------------
     def forward(self, net, x_t, t, cond):
         dtype = module_dtype(net)

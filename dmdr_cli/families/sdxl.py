@@ -37,5 +37,12 @@ class SDXLFamily(UNetFamily):
         return Cond(text=torch.cat([s.to(device) for s in states], dim=-1), pooled=pooled,
                     time_ids=self.time_ids(len(prompts)).to(device, pooled.dtype))
 
+    def placeholder_cond(self, batch, device="cpu", dtype=torch.float32):
+        config = self.denoiser.config
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim  # 6 time ids
+        return Cond(text=torch.zeros(batch, self.clip_tokens, config.cross_attention_dim, device=device, dtype=dtype),
+                    pooled=torch.zeros(batch, pooled, device=device, dtype=dtype),
+                    time_ids=self.time_ids(batch).to(device, dtype))
+
     def _added_cond_kwargs(self, cond: Cond, device, dtype: torch.dtype) -> dict:
         return {"text_embeds": cond["pooled"].to(device, dtype), "time_ids": cond["time_ids"].to(device, dtype)}

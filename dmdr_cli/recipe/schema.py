@@ -301,9 +301,11 @@ class ODERegressionSection(Section):
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Seed of the pairs' noise and prompts; None: "
                                                                      "train.seed. Fix it to share one cache across seeds.")
     cache: Optional[str] = Field(
-        None, description="The pair file (safetensors); None: ode_pairs.safetensors in the run folder. Made once, "
-                          "reused by any run whose teacher, prompts, pairs, seed, teacher steps and CFG match; "
-                          "another run's mismatching file is refused.")
+        None, description="The pair file (safetensors) to share between runs; None: ode_pairs.safetensors in the run "
+                          "folder (kept by a run that fails early; made again when it does not match). Made once, "
+                          "it records what made it and is reused by any run whose model section, training prompts, "
+                          "pairs, seed, teacher steps and CFG match; a mismatching file is refused, never "
+                          "overwritten.")
     teacher_steps: int = Field(25, ge=1, le=1000, description="Teacher sampling steps per pair (its own scheduler).")
     cfg: Optional[float] = Field(None, ge=1.0, description="Teacher CFG for the pairs; None: guidance.scale.")
     loss: Literal["mse", "lpips"] = Field("mse", description="mse in the denoiser's space, or LPIPS on decoded images "

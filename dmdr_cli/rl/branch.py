@@ -37,8 +37,7 @@ def build_rl_branch(cfg, device: torch.device, stage: str):
     rewards = [(build_reward(spec, device, key=f"rl.rewards[{i}]",
                              gradient_checkpointing=cfg.train.gradient_checkpointing), spec)
                for i, spec in enumerate(cfg.rl.rewards)]
-    branch = {"refl": ReFL, "dpo": DPO, "grpo": GRPO}[cfg.rl.algorithm]
-    return branch(cfg, rewards, device)
+    return BRANCHES[cfg.rl.algorithm](cfg, rewards, device)
 
 
 def _check_grpo_sampler(cfg) -> None:
@@ -308,3 +307,6 @@ def _load_decoder(path: str, device):
     except (OSError, ValueError) as e:
         raise DmdrError(f"rl.decoder {path!r} could not be loaded as a diffusers AutoencoderTiny ({str(e).splitlines()[0]}): "
                         f"give a local folder or hub id such as madebyollin/taesdxl, or remove rl.decoder") from None
+
+
+BRANCHES = {"refl": ReFL, "dpo": DPO, "grpo": GRPO}

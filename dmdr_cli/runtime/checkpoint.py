@@ -116,10 +116,12 @@ def start_partial(run_dir: Path, step: int) -> Path:
 def write_optimizer_shard(partial: Path, name: str, opt, rank: int) -> None:
     """This rank's shard of a sharded optimizer's state, in its own files, written in parallel with the other
     ranks': optim_<name>.rank<r>.safetensors (state tensors by global parameter index) and .json (scalars)."""
+    from .faults import fault_point
     from .precision import local_shard_state
 
     tensors, scalars = _state_to_files(local_shard_state(opt))
     try:
+        fault_point(f"checkpoint-shard-{name}")
         save_tensors(partial / f"optim_{name}.rank{rank}.safetensors", tensors)
         write_json(partial / f"optim_{name}.rank{rank}.json", {"scalars": scalars})
     except OSError as e:
@@ -128,11 +130,23 @@ def write_optimizer_shard(partial: Path, name: str, opt, rank: int) -> None:
 
 
 def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    from .precision import place_restored_state
+
     state: dict[int, dict] = {}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, name = key.split("/", 1)
         state.setdefault(int(idx), {})[name] = value
+    built = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # the optimizer as built wins over the checkpoint's param groups: betas and weight decay from the recipe
+    # (compat refuses a change unless --allow-recipe-change), fused from this device, lr set every step
+    for group, own in zip(opt.param_groups, built):
+        group.update(own)
+    inner = getattr(opt, "optim", None)
+    if inner is not None:  # ZeroRedundancyOptimizer: its local optimizer's groups too
+        for group, own in zip(inner.param_groups, built):
+            group.update(own)
+    place_restored_state(opt)
 
 
 def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
@@ -157,19 +171,24 @@ def save_checkpoint(run_dir: Path, step: int, *, recipe_yaml: str, state: dict,
                 shutil.rmtree(tmp)
             tmp.mkdir()
         (tmp / "recipe.yaml").write_text(recipe_yaml)
+        parts = ["recipe.yaml"]  # every file of the checkpoint, listed in state.json: a resume needs them all
         for name, sd in tensors.items():
             save_tensors(tmp / f"{name}.safetensors", sd)
+            parts.append(f"{name}.safetensors")
             hook(f"checkpoint-file-{name}")
         for name, opt in optimizers.items():
             if is_sharded(opt):
                 write_json(tmp / f"optim_{name}.json", {"param_groups": global_param_groups(opt), "scalars": {},
                                                         "shards": shards})
+                parts += [f"optim_{name}.rank{r}.{ext}" for r in range(shards) for ext in ("safetensors", "json")]
             else:
                 t, meta = optimizer_to_files(opt)
                 save_tensors(tmp / f"optim_{name}.safetensors", t)
                 write_json(tmp / f"optim_{name}.json", meta)
+                parts.append(f"optim_{name}.safetensors")
+            parts.append(f"optim_{name}.json")
             hook(f"checkpoint-optim-{name}")
-        write_json(tmp / "state.json", {**state, "step": step})
+        write_json(tmp / "state.json", {**state, "step": step, "files": sorted(parts)})
         _fsync_dir(tmp)
         hook("checkpoint-before-rename")
         # A folder of this step from an abandoned attempt (written, then killed before `latest` moved) is

@@ -22,14 +22,21 @@ STRUCTURE_KEYS = ("model.family", "student.finetune", "student.lora_rank", "stud
                   "student.lora_targets", "guidance.layout", "guidance.lora_rank", "guidance.lora_alpha",
                   "guidance.lora_targets")
 # Keys whose change loads fine but breaks exact resume (the run is no longer the uninterrupted run). The
-# batch counts as one number, the global batch: noise and prompts are keyed by global sample index, so
-# 2 processes x batch 1 resume exactly as 1 process x batch 2 (tests/engines/test_sharding.py).
+# batch counts as the global micro-batch and the accumulation: noise and prompts are keyed by global sample
+# index and micro-batch, so 2 processes x batch 1 resume exactly as 1 process x batch 2
+# (tests/engines/test_sharding.py), but not as 1 process x batch 1 x accumulation 2.
 RESUME_KEYS = ("student.steps", "student.timesteps", "student.sampler", "student.embedded_guidance", "train.seed",
-               "dmd.fake_updates_per_generator_update", "ema.decay", "ema.start_step", "ode_regression.weight")
+               "dmd.fake_updates_per_generator_update", "train.betas", "train.weight_decay", "ema.decay",
+               "ema.start_step", "ode_regression.weight")
 BATCH_KEYS = ("train.batch_size", "train.gradient_accumulation")
 
 # The opt-in GAN term's keys break exact resume too, but only where a run has the term, before or after.
 GAN_RESUME_KEYS = ("gan.weight", "gan.features", "gan.t_min", "gan.t_max", "data.images")
+
+
+# What a resume loads from any checkpoint `dmdr distill` wrote; one that lists its files (state.json "files")
+# must also have every file it lists (optimizer shards, the RL reference).
+RESUME_PARTS = ("generator.safetensors", "fake.safetensors", "optim_generator.json", "optim_fake.json")
 
 
 @dataclass
@@ -85,6 +92,18 @@ def inspect(path: Path, needs: tuple[str, ...] = ("generator", "fake")) -> Check
         except DmdrError as err:
             raise damaged(path, _inner(err.message, file)) from None
     return CheckpointInfo(path, state, recipe, headers)
+
+
+def check_whole(info: CheckpointInfo) -> None:
+    """Every part a resume loads is there: a checkpoint without an optimizer's state (or its RL reference) would
+    otherwise resume with fresh moments for that network, silently."""
+    listed = info.state.get("files")
+    expected = list(RESUME_PARTS) + [name for name in (listed if isinstance(listed, list) else [])
+                                     if isinstance(name, str) and name not in RESUME_PARTS]
+    missing = [name for name in expected if not (info.path / name).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise damaged(info.path, f"{missing[0]}{more} {'is' if len(missing) == 1 else 'are'} missing")
 
 
 def _inner(message: str, file: Path) -> str:
@@ -148,7 +167,9 @@ def _show(value) -> str:
 
 def global_batch_change(info: CheckpointInfo, cfg, processes: int) -> list[str]:
     """The global batch (batch_size x gradient_accumulation x processes) the checkpoint was written with, if the
-    run's differs; a checkpoint that does not record its process count compares the per-process keys."""
+    run's differs, or its split into micro-batches: draws are keyed by micro-batch, so 1 process x batch 1 x
+    accumulation 2 and 2 processes x batch 1 x accumulation 1 draw other noise for half the samples. A checkpoint
+    that does not record its process count compares the per-process keys."""
     saved_processes = info.state.get("processes")
     if info.recipe is None:
         return []
@@ -157,11 +178,14 @@ def global_batch_change(info: CheckpointInfo, cfg, processes: int) -> list[str]:
     batch, accumulation = _get(info.recipe, "train.batch_size"), _get(info.recipe, "train.gradient_accumulation")
     before = batch * accumulation * saved_processes
     after = cfg.train.batch_size * cfg.train.gradient_accumulation * processes
-    if before == after:
-        return []
-    return [f"global batch (train.batch_size x train.gradient_accumulation x processes) {batch} x {accumulation} x "
-            f"{saved_processes} = {before} -> {cfg.train.batch_size} x {cfg.train.gradient_accumulation} x {processes}"
-            f" = {after}"]
+    if before != after:
+        return [f"global batch (train.batch_size x train.gradient_accumulation x processes) {batch} x {accumulation} x "
+                f"{saved_processes} = {before} -> {cfg.train.batch_size} x {cfg.train.gradient_accumulation} x "
+                f"{processes} = {after}"]
+    if accumulation != cfg.train.gradient_accumulation:
+        return [f"train.gradient_accumulation {accumulation} -> {cfg.train.gradient_accumulation} at the same global "
+                f"batch {after} (noise is drawn per micro-batch)"]
+    return []
 
 
 def check_against_recipe(info: CheckpointInfo, cfg, *, mode: str, allow_change: bool = False,
@@ -188,6 +212,7 @@ def check_against_recipe(info: CheckpointInfo, cfg, *, mode: str, allow_change: 
     if changed and not allow_change:
         raise DmdrError(f"--resume {info.path}: the recipe changed keys that break exact resume ({'; '.join(changed)}):"
                         f" restore them, or pass --allow-recipe-change to continue anyway (recorded in the log)")
+    check_whole(info)
     return changed
 
 

@@ -4,13 +4,16 @@ Trainable weights are LoRA adapters on a shared frozen model, or full copies; in
 in DDP (which cannot express "only the live adapter of this model"), a `GradReducer` per optimizer
 averages the gradients of exactly the parameters that optimizer updates: the same arithmetic as DDP.
 It registers a post-accumulate-grad hook on each of those parameters, packs them into ~25 MiB buckets
-in reverse registration order (roughly the order the backward produces them) and starts an async
-all-reduce of a bucket as soon as all its gradients are in, so communication overlaps the rest of the
-backward; at most two buckets are in flight, so the extra memory is two buckets, never a flat copy of
-every gradient. With `train.sharding: optimizer` the buckets are grouped by the rank that owns their
-parameters in torch's `ZeroRedundancyOptimizer` and reduced to that rank only; the other ranks drop
-those gradients once the reduction is done (ZeRO-2 style: each rank keeps 1/N of the optimizer state and,
-after the reduction, of the gradients).
+and starts an async all-reduce of a bucket as soon as all its gradients are in, so communication overlaps the
+rest of the backward; at most two buckets are in flight, so the extra memory is two buckets, never a flat copy
+of every gradient. Buckets are launched strictly in order (the same on every rank), so their order must be the
+order gradients arrive in: the first backward uses reverse registration order (a guess: SDXL registers its
+down, up and mid blocks in that order, and its first bucket would complete two thirds into the backward), and
+after it the buckets are rebuilt in the order the gradients were observed to arrive, as DDP does. With
+`train.sharding: optimizer` the buckets are grouped by the rank that owns their parameters in torch's
+`ZeroRedundancyOptimizer` and reduced to that rank only; the other ranks drop those gradients once the
+reduction is done (ZeRO-2 style: each rank keeps 1/N of the optimizer state and, after the reduction, of the
+gradients).
 """
 
 from __future__ import annotations
@@ -59,6 +62,15 @@ class Dist:
         torch.distributed.all_gather(parts, padded)
         return torch.cat([part[:n] for part, n in zip(parts, counts)]).cpu()
 
+    def raise_together(self, error: Exception | None, message: str) -> None:
+        """After work that can fail on some processes only (a checkpoint write): every process learns whether any
+        failed (a collective, in place of a barrier) and raises, its own error or DmdrError(`message`), so none
+        is left waiting in the next collective until a watchdog ends it."""
+        if self.any(error is not None):
+            from ..errors import DmdrError
+
+            raise error if error is not None else DmdrError(message)
+
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
@@ -104,19 +116,45 @@ class GradReducer:
         self._armed = False
         if dist.world_size == 1:
             return
+        self.bucket_bytes = bucket_bytes
+        self.rebuilt = False  # buckets in observed arrival order (after the first backward)
+        self._arrival: dict[torch.nn.Parameter, None] = {}  # first arrivals, in order, until the rebuild
+        self._build(list(reversed(self.params)))
+        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
+
+    def _build(self, order: list[torch.nn.Parameter]) -> None:
+        """Buckets from parameters in expected arrival order: filled in that order per (owner, dtype, device), then
+        sorted by when their last gradient arrives, so that the next bucket to complete is the next one to start."""
+        position = {p: i for i, p in enumerate(order)}
+        buckets: list[list[torch.nn.Parameter]] = []
         open_buckets: dict[tuple, tuple[int, int]] = {}  # (owner, dtype, device) -> (bucket index, bytes)
-        for p in reversed(self.params):
-            key = (owner[p] if owner is not None else -1, p.dtype, p.device)
+        for p in order:
+            key = (self.owner[p] if self.owner is not None else -1, p.dtype, p.device)
             size = p.numel() * p.element_size()
             index, used = open_buckets.get(key, (-1, 0))
-            if index < 0 or (used + size > bucket_bytes and used > 0):
-                self.buckets.append([])
-                index, used = len(self.buckets) - 1, 0
-            self.buckets[index].append(p)
+            if index < 0 or (used + size > self.bucket_bytes and used > 0):
+                buckets.append([])
+                index, used = len(buckets) - 1, 0
+            buckets[index].append(p)
             open_buckets[key] = (index, used + size)
+        self.buckets = sorted(buckets, key=lambda bucket: position[bucket[-1]])
         self._bucket_of = {p: i for i, bucket in enumerate(self.buckets) for p in bucket}
         self._reset()
-        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
+
+    def _rebuild(self) -> None:
+        """Buckets in the arrival order the first backward showed, rank 0's (a collective: every rank's buckets
+        must be the same); parameters that got no gradient keep their place at the end."""
+        import torch.distributed as tdist
+
+        index = {p: i for i, p in enumerate(self.params)}
+        seen = [index[p] for p in self._arrival]
+        order = seen + [index[p] for p in reversed(self.params) if p not in self._arrival]
+        device = self.dist.device
+        shared = torch.tensor(order, dtype=torch.int64, device=device)
+        tdist.broadcast(shared, src=0)
+        self._build([self.params[i] for i in shared.tolist()])
+        self._arrival = {}
+        self.rebuilt = True
 
     @property
     def sharded(self) -> bool:
@@ -138,6 +176,8 @@ class GradReducer:
         self._armed = self.dist.world_size > 1
 
     def _on_grad(self, p: torch.nn.Parameter) -> None:
+        if not self.rebuilt:
+            self._arrival.setdefault(p)
         if not self._armed:
             return
         index = self._bucket_of[p]
@@ -195,6 +235,8 @@ class GradReducer:
         while self._in_flight:
             self._complete(self._in_flight.pop(0))
         self._reset()
+        if not self.rebuilt:  # every rank, whatever it saw: the rebuild is a collective
+            self._rebuild()
         if late:
             raise RuntimeError(f"{len(late)} gradient(s) accumulated after their bucket was reduced: arm() must "
                                f"come right before the last backward of the update")

@@ -6,6 +6,7 @@ checkpoint write. The points, in the order a step reaches them:
   after-generator-forward, after-backward, after-optimizer-step            (engines/train.py, every inner step)
   checkpoint-file-<tensors>  (generator, fake, rl_reference)               (runtime/checkpoint.py, each file)
   checkpoint-optim-<optimizer>  (generator, fake)
+  checkpoint-shard-<optimizer>  (each rank's own shard under train.sharding: optimizer, before it is written)
   checkpoint-before-rename, checkpoint-after-rename, checkpoint-after-latest (the latter before pruning)
 
   before-run-open                                                          (engines/train.py, checks done,
@@ -16,8 +17,9 @@ checkpoint write. The points, in the order a step reaches them:
 DMDR_FAULT_WAIT=<point>:<path> makes `fault_point(point)` wait (up to 300 s) until <path> exists instead: a
 run held between two of its phases while another finishes (tests/hardening/test_concurrent_starts.py).
 
-DMDR_FAULT_SIGNAL=TERM (or INT) sends that signal instead of SIGKILL; DMDR_FAULT_RANK=<r> limits the fault to
-the process whose RANK (torchrun / accelerate) is r, so a test can preempt one rank of a multi-process run.
+DMDR_FAULT_SIGNAL=TERM (or INT) sends that signal instead of SIGKILL; DMDR_FAULT_ERROR=ENOSPC (any errno name)
+raises that OSError instead, as a failed write would; DMDR_FAULT_RANK=<r> limits the fault to the process whose
+RANK (torchrun / accelerate) is r, so a test can preempt one rank of a multi-process run or fail its write.
 
 DMDR_INJECT_NAN=<term>[:<from_step>] makes `inject_nan(term, loss, k)` return NaN (with NaN gradients) for
 the loss term dmd, fake or rl at every generator step counter k >= from_step (default 0): `dmd:2` lets
@@ -28,6 +30,7 @@ Unset (the normal case), each call costs one environment lookup.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -50,6 +53,10 @@ def fault_point(name: str) -> None:
         return
     _seen[name] = _seen.get(name, 0) + 1
     if _seen[name] == int(os.environ.get("DMDR_FAULT_AT", "1")):
+        error = os.environ.get("DMDR_FAULT_ERROR")
+        if error:
+            code = getattr(errno, error)
+            raise OSError(code, os.strerror(code))
         sig = os.environ.get("DMDR_FAULT_SIGNAL")
         os.kill(os.getpid(), getattr(signal, f"SIG{sig}") if sig else signal.SIGKILL)
 

@@ -99,6 +99,24 @@ def global_param_groups(opt) -> list[dict]:
             for group in opt.param_groups]
 
 
+def place_restored_state(opt) -> None:
+    """Put a restored optimizer's `step` counters where fused AdamW needs them.
+
+    Fused and capturable AdamW keep `step` as a float32 tensor on the parameter's device (torch's note "special
+    device hosting for step") and fail on their first step otherwise. Two restores break that:
+    ZeroRedundancyOptimizer.load_state_dict (torch 2.14) moves every 0-dim state tensor to the CPU, and
+    Optimizer.load_state_dict places `step` by the checkpoint's own `fused` flag, False for a checkpoint written
+    on the CPU. Both would fail every --resume on CUDA, where make_optimizer builds fused AdamW."""
+    inner = getattr(opt, "optim", opt)  # a ZeroRedundancyOptimizer's local optimizer
+    for group in inner.param_groups:
+        if not (group.get("fused") or group.get("capturable")):
+            continue
+        for p in group["params"]:
+            state = inner.state.get(p)
+            if state and torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+
+
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     """Bytes of optimizer state tensors this rank holds (the local shard for a ZeroRedundancyOptimizer)."""
     inner = getattr(opt, "optim", opt)

@@ -103,7 +103,7 @@ class RunFolder:
 
     def discard(self, remove_lock: bool = True) -> None:
         """Undo `open` for a run that failed before its first checkpoint: the recipe copy, the lock file (when this
-        run made it) and the folders it made go; a folder holding anything else stays."""
+        run made it) and the folders it made go; a folder holding anything else (a cache too) stays."""
         if self._key not in _held and self._created and remove_lock and self.lock.exists():
             # released on the way out (preemption's handler): take it again, so that no run can hold the file
             # this one unlinks; one that took it meanwhile keeps it (and the folder)
@@ -117,8 +117,9 @@ class RunFolder:
         if self._wrote_recipe and not _has_checkpoint(self.path):
             with contextlib.suppress(OSError):
                 (self.path / "recipe.yaml").unlink()
-            if self._created:  # a folder this run made holds nothing but what it wrote
-                for name in ("log.jsonl", DONE_FILE, "samples", "ode_pairs.safetensors", "checkpoints",
+            if self._created:  # a folder this run made holds nothing but what it wrote; caches stay (the ODE
+                # pairs cost a teacher sampling run, and the next start in this folder reuses them)
+                for name in ("log.jsonl", DONE_FILE, "samples", "checkpoints",
                              "tensorboard", "wandb", "wandb-run-id"):  # and the dashboards' files (reporting.py)
                     remove(self.path / name)
         if locked and remove_lock and self._created:

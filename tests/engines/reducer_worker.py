@@ -126,6 +126,29 @@ def main(out: Path) -> None:
         final[mode] = [p.detach().clone() for p in gen]
         red.remove()
     res["sharded_vs_replicated"] = max((a - b).abs().max().item() for a, b in zip(final["none"], final["optimizer"]))
+
+    # 3. buckets follow the order gradients arrive in, not the registration order: layers registered the way SDXL
+    # registers its blocks (a later part of the forward first: 4-7, then 0-3), one layer per bucket; the backward
+    # produces 7, 6, ..., 0
+    base, gen, _ = build()
+    reducer = GradReducer(gen[4:] + gen[:4], dist, bucket_bytes=layer_bytes)
+    launched: list[int] = []  # buckets the reducer had started when each gradient arrived (hooks run in order)
+    watch = [p.register_post_accumulate_grad_hook(lambda p: launched.append(reducer.hook_launches)) for p in gen]
+    res["arrival"] = []
+    for step in range(2):
+        before, launched[:] = reducer.hook_launches, []
+        reducer.arm()
+        forward(base, gen, batch(rank, step)).backward()
+        started = [n - before for n in launched]
+        first = next(i + 1 for i, n in enumerate(started) if n > 0)
+        waiting = max(i + 1 - n for i, n in enumerate(started))  # one layer a bucket: i + 1 buckets are complete
+        res["arrival"].append([first, waiting, len(reducer.buckets)])
+        reducer.finish()
+        for p in gen:
+            p.grad = None
+    for handle in watch:
+        handle.remove()
+    reducer.remove()
     (out / f"rank{rank}.json").write_text(json.dumps(res))
     tdist.barrier()  # every rank done with every collective and its results written
     # then leave without tearing gloo down: its teardown at exit aborts now and then on a loaded machine

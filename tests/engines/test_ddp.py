@@ -14,6 +14,7 @@ from train_helpers import log_rows, ok, recipe, weights
 
 LOSS_RTOL = 1e-4  # reduction order differs (all-reduce of per-process means vs one mean)
 WEIGHT_ATOL = 1e-4  # measured: 1.1e-5 after 2 generator steps at lr 1e-3
+LR = 1e-3  # train_helpers.recipe's learning rates: one Adam step moves a weight by at most about this
 
 
 @pytest.mark.slow
@@ -62,7 +63,13 @@ def test_two_processes_share_the_ode_pairs_and_write_them_once(tiny_sd, tmp_path
     assert not [p.name for p in two.rglob("*tmp*")]
     for name in ("generator", "fake"):  # and the regression + cold-start step end at one process's weights
         wa, wb = weights(one, 1, name), weights(two, 1, name)
-        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < WEIGHT_ATOL, name
+        diff = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
+        # Adam turns a gradient at its eps scale (1e-8) into a step anywhere in [0, lr], so summation-order noise
+        # can move such an element by a fraction of one step; measured: 1 of the generator's 52k elements at 1.2e-4
+        # (steps of 1.01e-3 vs 1.13e-3 where the second gradient is near 0), every other one within 1e-5. A wrong
+        # reduction or shard moves many elements.
+        off = int((diff >= WEIGHT_ATOL).sum())
+        assert off <= diff.numel() // 1000 and diff.max().item() < LR, (name, off, diff.max().item())
 
 
 def free_port() -> int:

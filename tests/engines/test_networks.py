@@ -83,6 +83,37 @@ def test_dmd2_layout_has_a_full_fake_copy(tiny_sd):
     assert {p.data_ptr() for p in nets.fake_params}.isdisjoint({p.data_ptr() for p in nets.generator.parameters()})
 
 
+def test_a_trainable_copy_of_a_bf16_teacher_is_made_in_fp32_directly(tiny_sd):
+    """Every tensor the copy creates is fp32 (none at the teacher's bf16 first: no transient second copy; under the
+    memory planner's fake tensors that dropped bf16 copy freed the fp32 copy's storage, a segfault in the trace
+    of SD1.5's DMD2 recipes), the values are the teacher's, and the teacher is left as it was."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dmdr_cli.dmd.networks import _trainable_copy
+
+    fam = load_family(validate({"model": {"family": "sd", "pretrained": str(tiny_sd), "resolution": 16}}).model)
+    teacher = fam.denoiser.to(torch.bfloat16)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+
+    class Created(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.dtypes |= {t.dtype for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)}
+            return out
+
+    with Created() as created:
+        copy = _trainable_copy(teacher)
+    assert created.dtypes == {torch.float32}
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in copy.parameters())
+    for key, value in copy.state_dict().items():
+        assert torch.equal(value, before[key].float()), key
+    assert all(torch.equal(v, before[k]) and v.dtype == torch.bfloat16 for k, v in teacher.state_dict().items())
+
+
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_updates_touch_only_their_own_weights(tiny_sd3, finetune):
     fam, nets, _ = make(tiny_sd3, "sd3", finetune)

@@ -3,6 +3,7 @@ the same global batch end at the same weights as one process, and checkpoints mo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,11 +24,11 @@ SHARD_ATOL = 1e-6
 WEIGHT_ATOL = 1e-4
 
 
-def torchrun(*args: str, port: int, env: dict | None = None, expect: int = 0) -> str:
+def torchrun(*args: str, port: int, env: dict | None = None, expect: int = 0, timeout: float = 300) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "dmdr_cli", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert (proc.returncode == 0) == (expect == 0), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -140,3 +141,106 @@ def test_sharded_lora_generator_with_accumulation_matches_replicated_and_one_pro
         assert any("lora" in key for key in w1) or name == "fake", sorted(w1)[:3]
         assert max_diff(wo, wn) < SHARD_ATOL, name
         assert max_diff(wn, w1) < WEIGHT_ATOL and max_diff(wo, w1) < WEIGHT_ATOL, name
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    """A one-process gloo group in this process (ZeroRedundancyOptimizer needs one; no collective runs)."""
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    tdist.destroy_process_group()
+
+
+@pytest.mark.parametrize("saved_fused", [True, False])
+@pytest.mark.parametrize("processes", [2, 1])
+def test_resume_places_adam_step_where_fused_adamw_needs_it(process_group, saved_fused, processes):
+    """Defect: ZeroRedundancyOptimizer.load_state_dict forces Adam's 0-dim `step` onto the CPU, and fused AdamW
+    (make_optimizer's choice on CUDA) then fails on its first step after every sharded --resume. A checkpoint
+    written without fusing (a CPU run) must neither leave `step` on the CPU (torch places it by the checkpoint's
+    flag) nor switch the resumed CUDA optimizer off fused.
+
+    No GPU here: the parameters are fake CUDA tensors (FakeTensorMode), which is enough to see where the restore
+    path puts each state tensor against what fused AdamW requires (torch's note "special device hosting for
+    step": a float32 `step` on the parameter's device). What this cannot run is the fused CUDA kernel itself;
+    bench/gpu_check.sh's sharded resume line does."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dmdr_cli.runtime.checkpoint import optimizer_from_files, optimizer_to_files
+    from dmdr_cli.runtime.precision import is_sharded, make_optimizer
+
+    cfg = SimpleNamespace(betas=(0.9, 0.999), weight_decay=0.01, optimizer="adamw", sharding="optimizer")
+    saved = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(3)]
+    writer = torch.optim.AdamW(saved, lr=1e-3, fused=saved_fused)  # fused AdamW runs on the CPU too
+    for p in saved:
+        p.grad = torch.ones_like(p)
+    writer.step()
+    tensors, meta = optimizer_to_files(writer)  # a checkpoint's files, as resume reads them (CPU tensors)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        params = [torch.nn.Parameter(torch.empty(4, 3, device="cuda")) for _ in range(3)]
+        opt = make_optimizer(params, 1e-3, cfg, torch.device("cuda"), world_size=processes)
+        inner = opt.optim if is_sharded(opt) else opt
+        assert is_sharded(opt) == (processes > 1) and inner.param_groups[0]["fused"]
+        optimizer_from_files(opt, dict(tensors), json.loads(json.dumps(meta)))
+        assert inner.param_groups[0]["fused"] and opt.param_groups[0]["fused"]
+        for p in params:
+            state = inner.state[p]
+            assert state.keys() == {"step", "exp_avg", "exp_avg_sq"}
+            assert (state["step"].device, state["step"].dtype) == (p.device, torch.float32)
+            for name in ("exp_avg", "exp_avg_sq"):
+                assert (state[name].device, state[name].dtype) == (p.device, p.dtype), name
+
+
+def test_resume_refuses_another_split_of_the_same_global_batch(tmp_path):
+    """Defect: draws are keyed by micro-batch, so 1 process x batch 1 x accumulation 2 resumed as 2 processes x
+    batch 1 x accumulation 1 (the same global batch, 2) draws other noise for half the samples; it passed as an
+    exact resume. 2 x 1 x 1 <-> 1 x 2 x 1 (the same micro-batches) still does (the equivalence tests above)."""
+    from dmdr_cli.errors import DmdrError
+    from dmdr_cli.recipe import validate
+    from dmdr_cli.runtime.compat import CheckpointInfo, check_against_recipe
+
+    def info(batch, accumulation, processes):
+        saved = validate({"model": {"family": "sd", "pretrained": "x"}, "train": {"batch_size": batch,
+                                                                                 "gradient_accumulation": accumulation}})
+        return CheckpointInfo(tmp_path, {"step": 1, "processes": processes}, saved.model_dump(mode="json"), {})
+
+    def run(batch, accumulation):
+        return validate({"model": {"family": "sd", "pretrained": "x"},
+                         "train": {"batch_size": batch, "gradient_accumulation": accumulation}})
+
+    for name in ("generator.safetensors", "fake.safetensors", "optim_generator.json", "optim_fake.json"):
+        (tmp_path / name).write_text("")  # a whole checkpoint, as far as the file list goes
+    assert check_against_recipe(info(1, 1, 2), run(2, 1), mode="resume", processes=1) == []
+    assert check_against_recipe(info(2, 1, 1), run(1, 1), mode="resume", processes=2) == []
+    with pytest.raises(DmdrError, match=r"train.gradient_accumulation 2 -> 1 at the same global batch 2"):
+        check_against_recipe(info(1, 2, 1), run(1, 1), mode="resume", processes=2)
+    with pytest.raises(DmdrError, match=r"train.gradient_accumulation 1 -> 2 at the same global batch 2"):
+        check_against_recipe(info(2, 1, 1), run(1, 2), mode="resume", processes=1)
+    changes = check_against_recipe(info(1, 2, 1), run(1, 1), mode="resume", processes=2, allow_change=True)
+    assert changes == ["train.gradient_accumulation 2 -> 1 at the same global batch 2 (noise is drawn per micro-batch)"]
+
+
+@pytest.mark.slow
+def test_a_write_failing_on_one_rank_ends_every_rank_and_the_ode_cache_stays(tiny_sd, tmp_path):
+    """Defect: rank 1's optimizer shard cannot be written (disk full); rank 0 used to wait for it in a barrier
+    until a watchdog ended it (gloo's: 30 minutes). Now every rank ends at once with one line. The run failed
+    before its first checkpoint, so its folder is discarded, except the ODE pairs: a teacher-sampling cache
+    that the next start reuses (tests/unit/test_ode_regression.py: for the same key only)."""
+    from test_ddp import free_port
+
+    run = tmp_path / "run"
+    path = recipe(tmp_path, "sd", tiny_sd, run, coldstart={"steps": 0},
+                  ode_regression={"steps": 1, "pairs": 2, "teacher_steps": 2},
+                  train={"steps": 1, "batch_size": 1, "sharding": "optimizer", "sample_every": 0})
+    out = torchrun("distill", str(path), port=free_port(), expect=2, timeout=150,
+                   env={"DMDR_FAULT": "checkpoint-shard-fake", "DMDR_FAULT_RANK": "1", "DMDR_FAULT_ERROR": "ENOSPC"})
+    final = run / "checkpoints" / "step-000001"
+    assert f"error: could not write checkpoint shard in {run / 'checkpoints' / '.partial-step-000001-shared'} (No " \
+           f"space left on device)" in out, out[-2000:]
+    assert f"error: could not write checkpoint {final}: another process failed (its error is above)" in out
+    assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == ["ode_pairs.safetensors"]
+    assert not final.exists() and not (run / "recipe.yaml").exists()

@@ -91,17 +91,19 @@ def test_teacher_sampling_with_cfg_is_the_pipelines(pipelines, version):
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("config", ["UNET_SD15", "UNET_SD21"])
-def test_real_size_unets_take_the_default_lora_targets(config):
+@pytest.mark.parametrize("config,published", [("UNET_SD15", 859_520_964), ("UNET_SD21", 865_910_724)])
+def test_real_size_unets_take_the_default_lora_targets(config, published):
+    """The memory planner's published UNet configs (memory_trace.KNOWN) build, on the meta device, the published
+    sizes (859.5M / 865.9M parameters), and the sd family's default LoRA targets exist in them."""
     from diffusers import UNet2DConditionModel
 
-    from dmdr_cli.engines import memory
+    from dmdr_cli.engines import memory_trace
     from dmdr_cli.families import SDFamily
 
-    real = getattr(memory, config)
+    real = getattr(memory_trace, config)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config({k: v for k, v in real.items() if not k.startswith("_")})
     names = [name for name, _ in unet.named_modules()]
     for target in SDFamily.generator_lora_targets:
         assert any(n == target or n.endswith("." + target) for n in names), target
-    assert sum(p.numel() for p in unet.parameters()) == memory.KNOWN_COUNTS[id(real)][0]  # 859.5M / 865.9M
+    assert sum(p.numel() for p in unet.parameters()) == published

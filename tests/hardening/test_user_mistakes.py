@@ -115,11 +115,27 @@ def test_allow_recipe_change_resumes_and_records_the_change(tiny_sd, tmp_path):
     ok("distill", path)
     res = invoke("distill", path, "--resume", "latest", "train.steps=3", "train.seed=9")
     assert res.exit_code == 2 and "break exact resume (train.seed 3 -> 9)" in error_line(res)
-    ok("distill", path, "--resume", "latest", "train.steps=3", "train.seed=9", "--allow-recipe-change")
+    # the optimizer's hyperparameters are the recipe's: a change is refused like the other keys, and once allowed
+    # the recipe wins over the checkpoint's param groups
+    res = invoke("distill", path, "--resume", "latest", "train.steps=3", "train.weight_decay=0.1")
+    assert res.exit_code == 2 and "break exact resume (train.weight_decay 0.01 -> 0.1)" in error_line(res)
+    # a checkpoint that lost one optimizer's state (its tensors still on disk) is damaged, not a fresh fake score
+    latest = run / "checkpoints" / "step-000002"
+    saved = (latest / "optim_fake.json").read_bytes()
+    (latest / "optim_fake.json").unlink()
+    res = invoke("distill", path, "--resume", "latest", "train.steps=3")
+    assert res.exit_code == 2 and error_line(res) == (f"error: checkpoint {latest} is damaged (optim_fake.json is "
+                                                      f"missing): resume or export from another checkpoint of the run")
+    (latest / "optim_fake.json").write_bytes(saved)
+    ok("distill", path, "--resume", "latest", "train.steps=3", "train.seed=9", "train.weight_decay=0.1",
+       "--allow-recipe-change")
     rows = log_rows(run)
-    assert {"event": "recipe_change", "changes": ["train.seed 3 -> 9"]}.items() <= \
-        next(r for r in rows if r.get("event") == "recipe_change").items()
+    assert {"event": "recipe_change", "changes": ["train.seed 3 -> 9", "train.weight_decay 0.01 -> 0.1"]}.items() \
+        <= next(r for r in rows if r.get("event") == "recipe_change").items()
     assert rows[-1]["step"] == 3
+    for name in ("generator", "fake"):
+        groups = json.loads((run / "checkpoints" / "step-000003" / f"optim_{name}.json").read_text())["param_groups"]
+        assert [g["weight_decay"] for g in groups] == [0.1], name
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path):
