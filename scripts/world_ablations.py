@@ -137,8 +137,9 @@ ADOPTED = {
     "distill only": (_EVERY20 + ["rl.algorithm=none"], FIVE),
     "distill + ReFL": (_EVERY20, FIVE),
     "cold start": (["train.steps=60", "rl.algorithm=none", "train.validate_every=10"], THREE),
-    "distill only, 480 steps": (_LONG + ["rl.algorithm=none"], THREE),
-    "distill + ReFL, 480 steps": (_LONG, THREE),
+    # validated every 60 steps: 60 (the cold start's end), 120 (the main job's length), ..., 480
+    "distill only, 480 steps": (_LONG + ["train.validate_every=60", "rl.algorithm=none"], THREE),
+    "distill + ReFL, 480 steps": (_LONG + ["train.validate_every=60"], THREE),
     "DMD2 layout + GAN on renders": (_EVERY20 + ["rl.algorithm=none", "guidance.layout=dmd2", "gan.weight=0.01",
                                                  "gan.features=fake", "data.images=builtin:world-renders"], THREE),
 }
@@ -360,11 +361,18 @@ def validation_at(found: list[dict], step: int, key: str = "val_world_geneval") 
     return [v[key] for r in found for v in r["validation"] if v["step"] == step and key in v]
 
 
+def mean_at(found: list[dict], step: int, key: str = "val_world_geneval") -> float | None:
+    values = validation_at(found, step, key)
+    return statistics.mean(values) if values else None
+
+
 def decline(found: list[dict]) -> tuple[float, float, float]:
     """(V(60), level L = (V(100) + V(120)) / 2, decline D = L - V(60)): V(s) the mean over seeds of
-    val_world_geneval at step s, the rule the candidates were judged by (docs/results.md, "Training longer")."""
-    v60 = statistics.mean(validation_at(found, 60))
-    level = (statistics.mean(validation_at(found, 100)) + statistics.mean(validation_at(found, 120))) / 2
+    val_world_geneval at step s, the rule the candidates were judged by (docs/results.md, "Training longer").
+    A run validated every 60 steps has no V(100): its level is V(120)."""
+    v60 = mean_at(found, 60)
+    later = [v for v in (mean_at(found, 100), mean_at(found, 120)) if v is not None]
+    level = statistics.mean(later)
     return v60, level, level - v60
 
 
@@ -373,14 +381,16 @@ def curve_table(set_name: str, reference: tuple[str, str] | None = None) -> str:
     candidates' rule, the empty-canvas share at 60 and 120, and for `candidates` the rule's verdict."""
     rows = ([(f"{reference[1]} (`{reference[0]}` set)", records(*reference))] if reference else []) + \
         [(row, records(set_name, row)) for row in SETS[set_name]]
-    rows = [(name, found) for name, found in rows if found and validation_at(found, 120)]
-    header = ["row", "seeds", "V(60)", "V(80)", "V(100)", "V(120)", "L", "D = L - V(60)", "empty 60", "empty 120"]
+    rows = [(name, found) for name, found in rows if found and validation_at(found, 60) and validation_at(found, 120)]
+    long = any(validation_at(found, 480) for _, found in rows)
+    steps = (60, 80, 100, 120) + ((240, 360, 480) if long else ())
+    header = ["row", "seeds", *(f"V({k})" for k in steps), "L", "D = L - V(60)", "empty 60", "empty 120"]
     lines = ["| " + " | ".join(header) + (" | verdict |" if set_name == "candidates" else " |"),
              "|" + " --- |" * (len(header) + (set_name == "candidates"))]
     shipped = dict(rows).get("shipped recipe")
     for name, found in rows:
         v60, level, d = decline(found)
-        cells = [name, str(len(found))] + [f"{statistics.mean(validation_at(found, k)):.3f}" for k in (60, 80, 100, 120)]
+        cells = [name, str(len(found))] + ["-" if mean_at(found, k) is None else f"{mean_at(found, k):.3f}" for k in steps]
         cells += [f"{level:.3f}", f"{d:+.3f}"]
         empty = [validation_at(found, k, "val_world_empty") for k in (60, 120)]
         cells += [f"{statistics.mean(e):.3f}" if e else "-" for e in empty]
