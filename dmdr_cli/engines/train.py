@@ -26,7 +26,7 @@ from ..runtime.monitor import MetricsLog, StepProgress
 from ..runtime.reporting import check_report_to, open_reporters
 from ..runtime.precision import (autocast_dtype, frozen_dtype, is_sharded, make_optimizer, optimizer_state_bytes,
                                  setup_backends)
-from ..runtime.sharding import check_benches, layout_for, weight_bytes
+from ..runtime.sharding import check_benches, parallel_for, weight_bytes
 from ..runtime import compat
 from ..runtime.rundir import RunFolder, is_done, mark_done
 from ..dmd.gan import GanTerm
@@ -145,12 +145,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             net.compile()
     # train.sharding: the networks as they are (none, optimizer) or FSDP-sharded in place (full), and how gradients
     # are reduced and checkpoints gathered to match
-    layout = layout_for(cfg.train.sharding, dist, autocast_dtype(cfg.train.mixed_precision, device))
-    layout.wrap(nets)
+    parallel = parallel_for(cfg.train.sharding, dist, autocast_dtype(cfg.train.mixed_precision, device))
+    parallel.wrap(nets)
     lr_g, lr_f = cfg.learning_rates(0)  # set again at every step (the cold start may have its own)
     opt_g = make_optimizer(nets.generator_params, lr_g, cfg.train, device, dist.world_size)
     opt_f = make_optimizer(nets.fake_params, lr_f, cfg.train, device, dist.world_size)
-    reducer_g, reducer_f = layout.reducer(nets.generator_params, opt_g), layout.reducer(nets.fake_params, opt_f)
+    reducer_g, reducer_f = parallel.reducer(nets.generator_params, opt_g), parallel.reducer(nets.fake_params, opt_f)
     if rl_branch is not None:
         rl_branch.attach(family, nets)
     ema = GeneratorEMA(nets.generator_params, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.decay > 0 else None
@@ -244,7 +244,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     tensors["gan_head"] = gan.state()
                 return tensors
 
-            whole = layout.whole_state(checkpoint_tensors, optimizers)  # sharded weights: gathered by every rank
+            whole = parallel.whole_state(checkpoint_tensors, optimizers)  # sharded weights: gathered by every rank
 
             def write():
                 tensors, state = whole if whole is not None else (checkpoint_tensors(), optimizers)
@@ -312,7 +312,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
 
         # the processes that run the networks outside training steps: the main one, or every one when the weights are
         # sharded (each sharded forward all-gathers); the main one alone writes
-        sampling = dist.is_main or layout.every_rank_forwards
+        sampling = dist.is_main or parallel.every_rank_forwards
 
         def samples(k: int) -> None:
             """The sample grid of generator step k into samples/ (and the dashboards)."""
@@ -344,7 +344,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         if warm_start or cfg.ode_regression.weight > 0:
             pairs = teacher_pairs(ctx, conds, run.path, dist, console)
         if warm_start:
-            ode_warm_start(ctx, pairs, conds, dist, layout, log, console)
+            ode_warm_start(ctx, pairs, conds, dist, parallel, log, console)
 
         best = None
         title = "cold start" if stage == "coldstart" else "distill"
@@ -392,7 +392,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     ema.update(k)
                 stats["fake_loss"] = torch.stack(fake_losses).mean()
                 stats["step_time"] = time.perf_counter() - t0
-                if dist.world_size > 1 and not layout.every_rank_forwards:  # bytes this process sent into
+                if dist.world_size > 1 and not parallel.every_rank_forwards:  # bytes this process sent into
                     # reductions and parameter broadcasts (FSDP's own collectives are not counted)
                     stats["comm_mib"] = (reducer_g.bytes_reduced + reducer_f.bytes_reduced - sent0) / 2**20
                 stats["nonfinite_skipped"] = guard_g.skipped + guard_f.skipped
@@ -472,13 +472,13 @@ def teacher_pairs(ctx, conds: PromptConditions, run_dir: Path, dist: Dist,
                           identity=pair_identity(cfg, conds.prompts), shared=bool(cfg.ode_regression.cache))
 
 
-def ode_warm_start(ctx, pairs, conds, dist: Dist, layout, log: MetricsLog, console: Console) -> None:
+def ode_warm_start(ctx, pairs, conds, dist: Dist, parallel, log: MetricsLog, console: Console) -> None:
     """Regress the student onto teacher ODE outputs before generator step 0 (ode_regression section)."""
     cfg = ctx.cfg
     n = cfg.ode_regression.pairs
     opt = make_optimizer(ctx.nets.generator_params, cfg.ode_regression.lr or cfg.train.lr_generator, cfg.train, ctx.device,
                          dist.world_size, bucket_view=False)  # the generator's own optimizer holds the views
-    reducer = layout.reducer(ctx.nets.generator_params, opt)
+    reducer = parallel.reducer(ctx.nets.generator_params, opt)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     B = cfg.train.batch_size
     with StepProgress(cfg.ode_regression.steps, 0, console, dist.is_main, "ODE regression") as progress:

@@ -1,4 +1,4 @@
-"""What `train.sharding` changes in the training engine, chosen once per run: `layout_for` returns a `DataParallel`
+"""What `train.sharding` changes in the training engine, chosen once per run: `parallel_for` returns a `DataParallel`
 (none / optimizer, or any sharding on one process) or a `FullySharded` (full, several processes).
 
 `train.sharding: full` is FSDP2 (`torch.distributed.fsdp.fully_shard`, ZeRO-3) over the denoiser networks: the
@@ -163,7 +163,7 @@ def check_benches(sharding: str, dist: Dist, benches: list) -> None:
                         f"process alone, and a sharded forward needs every process; use train.sharding optimizer")
 
 
-def layout_for(sharding: str, dist: Dist, amp_dtype: torch.dtype | None):
+def parallel_for(sharding: str, dist: Dist, amp_dtype: torch.dtype | None):
     if sharding == "full" and dist.world_size > 1:
         return FullySharded(dist, amp_dtype)
     return DataParallel(dist)
