@@ -117,9 +117,13 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     # ---- models ----------------------------------------------------------------------------------
     from ..families import FAMILIES, guidance_values_of, load_family
 
+    # train.sharding: the networks as they are (none, optimizer) or FSDP-sharded in place (full: built on the CPU,
+    # then sharded onto the device), and how gradients are reduced and checkpoints gathered to match
+    parallel = parallel_for(cfg.train.sharding, dist, autocast_dtype(cfg.train.mixed_precision, device))
     rl_branch = build_rl_branch(cfg, device, stage)  # rewards load (and fail) before the teacher
     family = load_family(cfg.model, device=device, dtype=frozen_dtype(cfg.model.dtype, device),
-                         uncond_mode=cfg.guidance.uncond, guidance_values=guidance_values_of(cfg))
+                         uncond_mode=cfg.guidance.uncond, guidance_values=guidance_values_of(cfg),
+                         denoiser_device=parallel.build_device)
     if dist.is_main:
         console.print(prompts.summary())
     # validation and bench prompts are few and encoded once; the training set's as data.cache_embeddings says
@@ -137,15 +141,12 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         teacher.enable_gradient_checkpointing()
     with torch.random.fork_rng(devices=[]):  # LoRA A matrices are random: seed them from the recipe alone
         torch.manual_seed(key_seed(cfg.train.seed, "lora-init"))
-        nets = build_networks(teacher, cfg, FAMILIES[cfg.model.family])
+        nets = build_networks(teacher, cfg, FAMILIES[cfg.model.family], device=device)
     if cfg.train.gradient_checkpointing and nets.generator is not teacher:
         nets.generator.enable_gradient_checkpointing()
     if cfg.train.compile:  # in place; adapter switches and new shapes recompile, so worth it for long runs only
         for net in {id(teacher): teacher, id(nets.generator): nets.generator}.values():
             net.compile()
-    # train.sharding: the networks as they are (none, optimizer) or FSDP-sharded in place (full), and how gradients
-    # are reduced and checkpoints gathered to match
-    parallel = parallel_for(cfg.train.sharding, dist, autocast_dtype(cfg.train.mixed_precision, device))
     parallel.wrap(nets)
     lr_g, lr_f = cfg.learning_rates(0)  # set again at every step (the cold start may have its own)
     opt_g = make_optimizer(nets.generator_params, lr_g, cfg.train, device, dist.world_size)

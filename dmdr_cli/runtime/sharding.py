@@ -75,16 +75,19 @@ def units(net: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in reversed(list(net.modules())) if m is not net and type(m).__name__ in names]
 
 
-def unit_bytes(net: torch.nn.Module, gathered_dtype: torch.dtype | None) -> list[int]:
-    """Bytes of each unit of `net` when gathered (`gathered_dtype`, or the parameters' own), the root's last."""
+def gathered_unit(net: torch.nn.Module, gathered_dtype: torch.dtype | None) -> int:
+    """Peak bytes FSDP holds unsharded for `net` (the memory planner's estimate, not traced): the largest unit's
+    weights twice (the unit running and the next one, prefetched) and the largest unit's gradients unsharded, in
+    `gathered_dtype` (the parameters' own where None) and in fp32 for the reduce-scatter."""
     seen: set[int] = set()
-    sizes = []
+    weights, grads = [0], [0]
     for module in units(net) + [net]:
         params = [p for p in module.parameters() if id(p) not in seen]
         seen.update(id(p) for p in params)
-        size = (lambda p: gathered_dtype.itemsize) if gathered_dtype is not None else (lambda p: p.element_size())
-        sizes.append(sum(p.numel() * size(p) for p in params))
-    return sizes
+        size = {id(p): gathered_dtype.itemsize if gathered_dtype is not None else p.element_size() for p in params}
+        weights.append(sum(p.numel() * size[id(p)] for p in params))
+        grads.append(sum(p.numel() * (size[id(p)] + 4) for p in params if p.requires_grad))
+    return 2 * max(weights) + max(grads)
 
 
 class DataParallel:
@@ -95,6 +98,7 @@ class DataParallel:
 
     def __init__(self, dist: Dist):
         self.dist = dist
+        self.build_device = None  # the networks are built where they run
 
     def wrap(self, nets) -> None:
         pass
@@ -117,6 +121,7 @@ class FullySharded:
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
         self.dist = dist
+        self.build_device = torch.device("cpu")  # fully_shard moves each unit to the device as it shards it
         self.mesh = init_device_mesh(dist.device.type, (dist.world_size,))
         self.policy = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32 if amp_dtype else None,
                                            cast_forward_inputs=False)
