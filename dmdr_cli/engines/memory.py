@@ -139,9 +139,15 @@ def estimate(cfg, trace, processes: int, sharding: str | None = None) -> Plan:
     return Plan(terms=terms, processes=n, sharding=sharding if shard > 1 else "none", notes=notes, encoding=encoding)
 
 
-def full_allowed(cfg) -> bool:
-    """Whether the recipe can run with train.sharding full (the recipe check refuses what FSDP cannot run)."""
-    return _changed(cfg, "train", "sharding", "full") is not None
+def as_full(cfg) -> tuple[str, object] | None:
+    """(the change, the recipe) with train.sharding full, 8-bit AdamW turned into AdamW (bitsandbytes' kernels do
+    not take FSDP's sharded tensors, and the shards divide the state by the process count anyway); None where the
+    recipe check refuses full for another reason (the GAN term, DPO / GRPO, ODE regression, compile)."""
+    label, new = "train.sharding=full", cfg
+    if cfg.train.optimizer == "adamw8bit":
+        label, new = label + " train.optimizer=adamw", _changed(cfg, "train", "optimizer", "adamw")
+    new = new if new is None or new.train.sharding == "full" else _changed(new, "train", "sharding", "full")
+    return (label, new) if new is not None else None
 
 
 def _changed(cfg, section: str, key: str, value):
@@ -169,8 +175,9 @@ def knobs(cfg, processes: int, budget_gib: float, retrace: bool = True) -> list[
                            processes))
     if t.sharding == "none" and processes > 1:
         candidates.append(("train.sharding=optimizer", _changed(cfg, "train", "sharding", "optimizer"), processes))
-    if t.sharding != "full" and processes > 1 and full_allowed(cfg):
-        candidates.append(("train.sharding=full", _changed(cfg, "train", "sharding", "full"), processes))
+    full = as_full(cfg)
+    if t.sharding != "full" and processes > 1 and full is not None:
+        candidates.append((*full, processes))
     if t.optimizer == "adamw":
         candidates.append(("train.optimizer=adamw8bit", _changed(cfg, "train", "optimizer", "adamw8bit"), processes))
     if not cfg.data.cache_embeddings:
@@ -201,12 +208,13 @@ def knobs(cfg, processes: int, budget_gib: float, retrace: bool = True) -> list[
     if not fits:  # no single change of the recipe: the knobs together
         fits += _combined(cfg, processes, budget_gib, retrace)
     trace = traced(cfg)
-    for mode in ("optimizer", "full") if full_allowed(cfg) else ("optimizer",):  # the fewest more processes
-        sharded = cfg if t.sharding == mode else _changed(cfg, "train", "sharding", mode)
+    modes = [("train.sharding=optimizer", cfg if t.sharding == "optimizer" else
+              _changed(cfg, "train", "sharding", "optimizer"))] + ([full] if full is not None else [])
+    for label, sharded in modes:  # the fewest more processes
         for procs in (2, 4, 8, 16, 32, 64):
             gib = estimate(sharded, trace, procs).peak / GiB
             if procs > processes and gib <= budget_gib:
-                fits.append((f"{procs} processes with train.sharding={mode}", gib))
+                fits.append((f"{procs} processes with {label}", gib))
                 break
     return fits
 
@@ -274,8 +282,10 @@ def memory_report(cfg, processes: int, gpu_memory: float | None):
     plans = {"none": estimate(cfg, trace, processes, "none")}
     if processes > 1:
         plans["optimizer"] = estimate(cfg, trace, processes, "optimizer")
-        if full_allowed(cfg):
-            plans["full"] = estimate(cfg, trace, processes, "full")
+        full = as_full(cfg)
+        if full is not None:  # the column says when it changes the optimizer
+            plans["full" + (", adamw" if full[1].train.optimizer != cfg.train.optimizer else "")] = estimate(
+                full[1], trace, processes, "full")
     mine = estimate(cfg, trace, processes)
     lines = [accuracy_line()] + mine.notes
     warnings: list[str] = []

@@ -108,11 +108,24 @@ def test_full_sharding_matches_one_process_and_resumes_at_another_world_size(tin
     one, full, back = tmp_path / "one", tmp_path / "full", tmp_path / "back"
     ok("distill", recipe(tmp_path, "sd", tiny_sd, one, **sections, train={"steps": 3, "batch_size": 2, **steps}))
     sharded = {"batch_size": 1, "sharding": "full", **steps}
-    torchrun("distill", str(recipe(tmp_path, "sd", tiny_sd, full, **sections, train={"steps": 2, **sharded})),
-             port=free_port())
+    full_recipe = recipe(tmp_path, "sd", tiny_sd, full, **sections, train={"steps": 2, **sharded})
+    torchrun("distill", str(full_recipe), port=free_port())
     # every process held half of the networks' weights and of the AdamW state (averaged over processes in the log)
     for key in ("weights_mib", "optimizer_state_mib"):
         assert abs(log_rows(full)[-1][key] / log_rows(one)[-1][key] - 0.5) < 0.02, key
+    # and the memory planner's sharded model-state terms at 2 processes are those tensors (CPU-rules trace)
+    import yaml
+
+    from dmdr_cli.engines.memory import estimate
+    from dmdr_cli.engines.memory_trace import trace_isolated
+    from dmdr_cli.recipe import validate
+
+    cfg = validate(yaml.safe_load(full_recipe.read_text()))
+    trace = trace_isolated(cfg, policy="cpu")
+    plan, held = estimate(cfg, trace, 2, "full"), log_rows(full)[-1]
+    planned_weights = (trace.sharded_frozen + trace.trainable_bytes) / 2 / 2**20
+    assert abs(planned_weights / held["weights_mib"] - 1) < 0.01, (planned_weights, held["weights_mib"])
+    assert abs(plan.terms["optimizer state"] / 2**20 / held["optimizer_state_mib"] - 1) < 0.01
     for name in ("generator", "generator_ema", "fake"):
         w1, wf = weights(one, 2, name), weights(full, 2, name)
         assert any("lora" in key for key in w1), sorted(w1)[:3]
