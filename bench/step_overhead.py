@@ -40,8 +40,9 @@ from dmdr_cli.families import FAMILIES  # noqa: E402
 from dmdr_cli.families.base import Components, Cond  # noqa: E402
 from dmdr_cli.families.schedules import DiscreteSchedule  # noqa: E402
 from dmdr_cli.recipe import validate  # noqa: E402
-from dmdr_cli.runtime.distributed import Dist, GradReducer, clip_grad_norm  # noqa: E402
-from dmdr_cli.runtime.precision import autocast_dtype, make_optimizer, parameter_owners  # noqa: E402
+from dmdr_cli.runtime.distributed import Dist, clip_grad_norm  # noqa: E402
+from dmdr_cli.runtime.precision import autocast_dtype, make_optimizer  # noqa: E402
+from dmdr_cli.runtime.sharding import parallel_for  # noqa: E402
 
 # Published architecture hyperparameters (diffusers configs of SDXL-base, SD3-Medium, SD3.5-Large).
 UNET_SDXL = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -181,7 +182,7 @@ def main():
     ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--tiny-decoder", type=int, default=0, help="ReFL through a TAESD-sized AutoencoderTiny, as "
                                                                   "the SDXL recipes do (rl.decoder)")
-    ap.add_argument("--sharding", choices=["none", "optimizer"], default="none",
+    ap.add_argument("--sharding", choices=["none", "optimizer", "full"], default="none",
                     help="with several processes (torchrun): train.sharding")
     ap.add_argument("--recipe", default=None, help="take the step's settings (batch, LoRA, checkpointing, decoder, "
                                                    "optimizer...) from this recipe instead of the flags above")
@@ -223,10 +224,11 @@ def main():
             decoder = AutoencoderTiny(latent_channels=MODELS[a.model][3]).to(dtype).requires_grad_(False)
     elif a.gc and a.refl:
         family.components.vae.enable_gradient_checkpointing()
+    parallel = parallel_for(cfg.train.sharding, dist, autocast_dtype("auto", device))  # as the engine: full shards
+    parallel.wrap(nets)  # the networks in place (FSDP2), none / optimizer leave them whole
     opt_g = make_optimizer(nets.generator_params, 1e-7, cfg.train, device, world)
     opt_f = make_optimizer(nets.fake_params, 1e-7, cfg.train, device, world)
-    red_g = GradReducer(nets.generator_params, dist, owner=parameter_owners(opt_g))
-    red_f = GradReducer(nets.fake_params, dist, owner=parameter_owners(opt_f))
+    red_g, red_f = parallel.reducer(nets.generator_params, opt_g), parallel.reducer(nets.fake_params, opt_f)
     ctx = StepContext(family=family, nets=nets, cfg=cfg, device=device, amp_dtype=autocast_dtype("auto", device),
                       student_times=family.times_for(cfg.student), sampler=cfg.student.sampler,
                       uncond=make_cond(1))
@@ -255,8 +257,7 @@ def main():
                     red.finish()
                     clip_grad_norm(params, 1.0, red)
                     opt.step()
-                    if red.sharded:  # ZeroRedundancyOptimizer broadcasts the updated shards
-                        red.bytes_reduced += sum(p.numel() * p.element_size() for p in params if red.owns(p))
+                    red.stepped(params)  # ZeroRedundancyOptimizer broadcasts the updated shards
                     opt.zero_grad(set_to_none=True)
 
     # warm-up, then the measured updates (student steps are drawn per update: count what ran)
@@ -300,7 +301,7 @@ def main():
                 plain[(batch, grad)] = time_it(lambda: family.forward(teacher, x[:batch], t[:batch], c2[:batch]), device)
     extra = {}
     for p in nets.generator_params + nets.fake_params:  # an optimizer step costs nothing without gradients
-        p.grad = torch.zeros_like(p)
+        p.grad = torch.zeros_like(p)  # (sharded parameters: a sharded zero gradient)
     extra["generator_opt_step"] = time_it(lambda: opt_g.step(), device)  # sharded: the local step + broadcast
     extra["fake_opt_step"] = time_it(lambda: opt_f.step(), device) * K
     if a.refl:

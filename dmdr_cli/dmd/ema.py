@@ -17,15 +17,19 @@ import contextlib
 
 import torch
 
+from ..runtime.sharding import is_sharded_tensor, local
+
 
 class GeneratorEMA:
+    """Under train.sharding full each process averages its own shard of the weights (`local`)."""
+
     def __init__(self, params: list[torch.nn.Parameter], decay: float, start_step: int):
         self.params, self.decay, self.start_step = params, decay, start_step
-        self.shadow = [p.detach().clone() for p in params]
+        self.shadow = [local(p.detach()).clone() for p in params]
 
     def update(self, steps_done: int) -> None:
         """After the generator update that completed generator step `steps_done` (counted from 1)."""
-        live = [p.detach() for p in self.params]
+        live = [local(p.detach()) for p in self.params]
         with torch.no_grad():
             if steps_done <= self.start_step:
                 torch._foreach_copy_(self.shadow, live)
@@ -35,6 +39,10 @@ class GeneratorEMA:
     @contextlib.contextmanager
     def swapped(self):
         """The averaged weights in the parameters' place; the live ones back on exit (also on an error)."""
+        if any(is_sharded_tensor(p) for p in self.params):
+            with self._copied():
+                yield
+            return
         live = [p.data for p in self.params]
         for p, s in zip(self.params, self.shadow):
             p.data = s  # shares the shadow's storage: weights loaded in place here land in the shadow
@@ -43,6 +51,19 @@ class GeneratorEMA:
         finally:
             for p, data in zip(self.params, live):
                 p.data = data
+
+    @contextlib.contextmanager
+    def _copied(self):
+        """`swapped` for FSDP-sharded parameters: FSDP gathers a parameter from its own shard storage, not from
+        whatever `.data` points at, so the values are copied in and out (a copy of this process's shard)."""
+        views = [local(p.detach()) for p in self.params]
+        live = [v.clone() for v in views]
+        torch._foreach_copy_(views, self.shadow)
+        try:
+            yield
+        finally:
+            torch._foreach_copy_(self.shadow, views)  # weights loaded meanwhile land in the shadow
+            torch._foreach_copy_(views, live)
 
 
 @contextlib.contextmanager

@@ -53,10 +53,14 @@ def student_images(ctx, cond, seed: int, tag: str = "grid", batch: int = 64) -> 
     return torch.cat(out)
 
 
-def save_sample_grid(ctx, prompts: list[str], cond, folder: Path, step: int, seed: int) -> Path:
+def sample_grid(ctx, cond, seed: int):
+    """The current student's sample grid for `cond` (fixed noise per row)."""
+    return grid_image(student_images(ctx, cond, seed))
+
+
+def write_sample_grid(image, prompts: list[str], folder: Path, step: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:06d}.png"
-    image = grid_image(student_images(ctx, cond, seed))
     with atomic_file(path, "the sample grid", convert=False) as tmp:  # no temporary file outlives a failure
         image.save(tmp, format="PNG")
     write_text_atomic(folder / "prompts.txt", "\n".join(prompts) + "\n", fsync=False, convert=False)

@@ -10,8 +10,13 @@ away what sharding moves off each process, all counted exactly:
                       prompts are encoded: what must fit is the larger of that phase and the step (FLUX's T5-XXL)
     reward models     their weights (published parameter counts), bf16; their activations are not counted
     8-bit AdamW       2 bytes of state per parameter instead of 8 (the trace runs AdamW: bitsandbytes needs CUDA)
-    sharding          optimizer state / N (ZeroRedundancyOptimizer); gradients / N once their buckets are
-                      reduced (not while micro-batches accumulate); two 25 MiB buckets in flight with N > 1
+    sharding          optimizer: optimizer state / N (ZeroRedundancyOptimizer); gradients / N once their buckets
+                      are reduced (not while micro-batches accumulate); two 25 MiB buckets in flight with N > 1.
+                      full (FSDP2): the denoiser networks' frozen parameters, the trainable masters, their
+                      gradients (reduce-scattered at every backward) and optimizer state / N; plus the largest
+                      unit gathered twice with its unsharded gradients (an estimate: FSDP does not run in the
+                      trace); less autocast's traced bf16 copies of the trainable weights, which units gathered
+                      in bf16 replace; the denoiser is not on the GPU while the prompts are encoded
 
 The verdict: without --gpu-memory, whether the plan fits 24, 40 and 80 GB cards and, for one it does not, the
 knobs that need no new trace (8-bit AdamW, cached embeddings, sharding over more processes); `--gpu-memory N`
@@ -97,40 +102,66 @@ def estimate(cfg, trace, processes: int, sharding: str | None = None) -> Plan:
     t = cfg.train
     sharding = sharding or t.sharding
     n = max(1, processes)
-    shard = n if (sharding == "optimizer" and n > 1) else 1
-    grad_shard = shard if t.gradient_accumulation == 1 else 1  # local sums persist while micro-batches accumulate
+    shard = n if (sharding in ("optimizer", "full") and n > 1) else 1
+    full = sharding == "full" and n > 1
+    # local sums persist while micro-batches accumulate, except under FSDP, which reduce-scatters every backward
+    grad_shard = shard if t.gradient_accumulation == 1 or full else 1
     frozen = 4 if cfg.model.dtype == "fp32" else 2
     notes = []
     terms = {
-        "frozen weights": trace.frozen_weights,
-        "trainable weights (fp32)": trace.trainable_bytes,
+        "frozen weights": trace.frozen_weights - (trace.sharded_frozen * (1 - 1 / n) if full else 0),
+        "trainable weights (fp32)": trace.trainable_bytes / (n if full else 1),
         "gradients": trace.gradients / grad_shard,
         "optimizer state": trace.optimizer_state * (2 / 8 if t.optimizer == "adamw8bit" else 1) / shard,
-        "activations (traced)": trace.activations,
+        "activations (traced)": trace.activations - (trace.weight_casts if full else 0),
     }
+    if full:
+        terms["gathered blocks (FSDP)"] = trace.gathered_unit
+        if trace.weight_casts:
+            notes.append(f"sharding full: activations less autocast's bf16 copies of the trainable weights "
+                         f"({trace.weight_casts / GiB:.1f} GiB), which blocks gathered in bf16 replace")
     if not cfg.data.cache_embeddings:
         terms["text encoders"] = TEXT_ENCODER_PARAMS[cfg.model.family] * frozen
         notes.append("data.cache_embeddings is false: the text encoders stay on the GPU")
     rewards = sum(REWARD_PARAMS.get(r.name, 0) for r in cfg.rl.rewards) * 2 if cfg.rl.algorithm != "none" else 0
     if rewards:
         terms["reward models (weights)"] = rewards
-    if n > 1:
+    if n > 1 and not full:
         terms["reduction buckets"] = 2 * BUCKET_BYTES
     # rewards load first, then the teacher, its VAE and the text encoders, which encode the prompts before the
-    # networks and optimizers are built
-    encoding = rewards + trace.teacher_weights + TEXT_ENCODER_PARAMS[cfg.model.family] * frozen
+    # networks and optimizers are built (sharding full: the denoiser waits on the CPU until it is sharded)
+    on_gpu = trace.teacher_weights - (trace.denoiser_weights if full else 0)
+    encoding = rewards + on_gpu + TEXT_ENCODER_PARAMS[cfg.model.family] * frozen
     if encoding > sum(terms.values()):
-        notes.append(f"while the prompts are encoded the text encoders sit beside the teacher: {encoding / GiB:.1f} "
+        beside = "the VAE" if full else "the teacher"
+        notes.append(f"while the prompts are encoded the text encoders sit beside {beside}: {encoding / GiB:.1f} "
                      f"GiB, more than the training step (they are released before it)")
     return Plan(terms=terms, processes=n, sharding=sharding if shard > 1 else "none", notes=notes, encoding=encoding)
 
 
+def as_full(cfg) -> tuple[str, object] | None:
+    """(the change, the recipe) with train.sharding full, 8-bit AdamW turned into AdamW (bitsandbytes' kernels do
+    not take FSDP's sharded tensors, and the shards divide the state by the process count anyway); None where the
+    recipe check refuses full for another reason (the GAN term, DPO / GRPO, ODE regression, compile)."""
+    label, new = "train.sharding=full", cfg
+    if cfg.train.optimizer == "adamw8bit":
+        label, new = label + " train.optimizer=adamw", _changed(cfg, "train", "optimizer", "adamw")
+    new = new if new is None or new.train.sharding == "full" else _changed(new, "train", "sharding", "full")
+    return (label, new) if new is not None else None
+
+
 def _changed(cfg, section: str, key: str, value):
+    """`cfg` with one key changed; None where the recipe check refuses the change (8-bit AdamW with sharding
+    full): no knob to offer."""
     from ..recipe import validate
+    from ..recipe.load import RecipeError
 
     data = cfg.model_dump(mode="json")
     data[section][key] = value
-    return validate(data)
+    try:
+        return validate(data)
+    except RecipeError:
+        return None
 
 
 def knobs(cfg, processes: int, budget_gib: float, retrace: bool = True) -> list[tuple[str, float]]:
@@ -144,6 +175,9 @@ def knobs(cfg, processes: int, budget_gib: float, retrace: bool = True) -> list[
                            processes))
     if t.sharding == "none" and processes > 1:
         candidates.append(("train.sharding=optimizer", _changed(cfg, "train", "sharding", "optimizer"), processes))
+    full = as_full(cfg)
+    if t.sharding != "full" and processes > 1 and full is not None:
+        candidates.append((*full, processes))
     if t.optimizer == "adamw":
         candidates.append(("train.optimizer=adamw8bit", _changed(cfg, "train", "optimizer", "adamw8bit"), processes))
     if not cfg.data.cache_embeddings:
@@ -156,7 +190,7 @@ def knobs(cfg, processes: int, budget_gib: float, retrace: bool = True) -> list[
     same_step = trace_key(cfg)
     fits = []
     for label, new, procs in candidates:
-        if not retrace and trace_key(new) != same_step:
+        if new is None or not retrace and trace_key(new) != same_step:
             continue
         gib = estimate(new, traced(new), procs).peak / GiB
         if gib <= budget_gib:
@@ -173,13 +207,14 @@ def knobs(cfg, processes: int, budget_gib: float, retrace: bool = True) -> list[
         batch //= 2
     if not fits:  # no single change of the recipe: the knobs together
         fits += _combined(cfg, processes, budget_gib, retrace)
-    sharded = cfg if t.sharding == "optimizer" else _changed(cfg, "train", "sharding", "optimizer")
     trace = traced(cfg)
-    for procs in (2, 4, 8, 16, 32, 64):  # more processes, sharded
-        if procs > processes:
+    modes = [("train.sharding=optimizer", cfg if t.sharding == "optimizer" else
+              _changed(cfg, "train", "sharding", "optimizer"))] + ([full] if full is not None else [])
+    for label, sharded in modes:  # the fewest more processes
+        for procs in (2, 4, 8, 16, 32, 64):
             gib = estimate(sharded, trace, procs).peak / GiB
-            if gib <= budget_gib:
-                fits.append((f"{procs} processes with train.sharding=optimizer", gib))
+            if procs > processes and gib <= budget_gib:
+                fits.append((f"{procs} processes with {label}", gib))
                 break
     return fits
 
@@ -208,7 +243,7 @@ def _combined(cfg, processes: int, budget_gib: float, retrace: bool = True) -> l
         if key == "batch_size":
             accumulation = math.ceil(cfg.train.batch_size / value) * cfg.train.gradient_accumulation
             new = _changed(new, "train", "gradient_accumulation", accumulation)
-        if not retrace and trace_key(new) != trace_key(current):
+        if new is None or not retrace and trace_key(new) != trace_key(current):
             continue
         current = new
         if key == "batch_size":
@@ -247,6 +282,10 @@ def memory_report(cfg, processes: int, gpu_memory: float | None):
     plans = {"none": estimate(cfg, trace, processes, "none")}
     if processes > 1:
         plans["optimizer"] = estimate(cfg, trace, processes, "optimizer")
+        full = as_full(cfg)
+        if full is not None:  # the column says when it changes the optimizer
+            plans["full" + (", adamw" if full[1].train.optimizer != cfg.train.optimizer else "")] = estimate(
+                full[1], trace, processes, "full")
     mine = estimate(cfg, trace, processes)
     lines = [accuracy_line()] + mine.notes
     warnings: list[str] = []

@@ -105,33 +105,52 @@ class AllocationTracker(TorchDispatchMode):
         self.round_to = round_to
         self.live = self.peak = 0
         self._sized: dict[int, int] = {}  # id(storage) -> bytes, while it lives
+        # copies of watched tensors in another dtype (autocast's casts of the trainable weights): live, at the peak
+        self._watched: set[int] = set()
+        self._casts: set[int] = set()
+        self.casts_live = self.casts_at_peak = 0
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default and _is_fake(args[0]):
             return _placeholder_scalar(args[0])  # a fake tensor has no value: control flow takes the plain path
         out = func(*args, **(kwargs or {}))
+        cast = (func is torch.ops.aten._to_copy.default and id(args[0].untyped_storage()) in self._watched
+                and out.dtype != args[0].dtype)
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
-                self._track(t.untyped_storage())
+                self._track(t.untyped_storage(), cast)
         return out
 
-    def _track(self, storage) -> None:
+    def watch_casts(self, tensors) -> None:
+        """Count the copies of `tensors` in another dtype made from now on (`casts_at_peak`)."""
+        self._watched = {id(t.untyped_storage()) for t in tensors}
+
+    def _track(self, storage, cast: bool = False) -> None:
         key = id(storage)
         if key in self._sized:
             return
         size = self.rounded(storage.nbytes())
         self._sized[key] = size
         self.live += size
-        self.peak = max(self.peak, self.live)
+        if cast:
+            self._casts.add(key)
+            self.casts_live += size
+        if self.live > self.peak:
+            self.peak, self.casts_at_peak = self.live, self.casts_live
         weakref.finalize(storage, self._free, key)
 
     def rounded(self, nbytes: int) -> int:
         return -(-nbytes // self.round_to) * self.round_to
 
     def _free(self, key: int) -> None:
-        self.live -= self._sized.pop(key, 0)
+        size = self._sized.pop(key, 0)
+        self.live -= size
+        if key in self._casts:
+            self._casts.discard(key)
+            self.casts_live -= size
 
     def reset_peak(self) -> None:
-        self.peak = self.live
+        self.peak, self.casts_at_peak = self.live, self.casts_live
 
 
 @contextlib.contextmanager
@@ -244,6 +263,15 @@ class Trace:
     teacher_weights: float  # the teacher denoiser and VAE as loaded (beside the text encoders while prompts encode)
     denoiser_params: int  # the teacher denoiser's parameters
     source: str  # where its architecture came from
+    # what train.sharding full changes (runtime/sharding.py): the denoiser as loaded (kept on the CPU until sharded),
+    # the frozen parameters FSDP shards (the denoiser networks'; buffers, the VAE and a reward decoder stay whole),
+    # the largest unit gathered twice (running, and the next prefetched) with its gradients unsharded (the gathered
+    # dtype, and fp32 for the reduce-scatter), and autocast's low-precision copies of the trainable weights alive at
+    # the peak, which a unit gathered in the autocast dtype replaces
+    denoiser_weights: float = 0.0
+    sharded_frozen: float = 0.0
+    gathered_unit: float = 0.0
+    weight_casts: float = 0.0
 
     @property
     def activations(self) -> float:
@@ -324,6 +352,7 @@ def trace_step(cfg, policy: str = "cuda", fake: bool = True) -> Trace | None:
     from ..rl.branch import BRANCHES
     from ..runtime.distributed import clip_grad_norm
     from ..runtime.precision import autocast_dtype, frozen_dtype, make_optimizer
+    from ..runtime.sharding import gathered_unit
 
     device, rules = torch.device("cpu"), torch.device(policy)
     # bitsandbytes' 8-bit state needs CUDA: trace AdamW, the planner rescales its state
@@ -349,6 +378,7 @@ def trace_step(cfg, policy: str = "cuda", fake: bool = True) -> Trace | None:
             teacher = family.denoiser
             denoiser_params = sum(p.numel() for p in teacher.parameters())
             teacher_weights = _module_bytes([teacher, family.components.vae], tracker)
+            denoiser_weights = _module_bytes([teacher], tracker)
             if t.gradient_checkpointing:
                 teacher.enable_gradient_checkpointing()
             nets = build_networks(teacher, cfg, type(family), device=rules)
@@ -374,6 +404,8 @@ def trace_step(cfg, policy: str = "cuda", fake: bool = True) -> Trace | None:
                 opt.zero_grad(set_to_none=True)
             steady = tracker.live
             tracker.reset_peak()
+            trainable = {id(p): p for params, _ in opts for p in params}.values()
+            tracker.watch_casts(trainable)
             ctx = StepContext(family=family, nets=nets, cfg=cfg, device=device, amp_dtype=autocast_dtype(
                 t.mixed_precision, rules), student_times=family.times_for(cfg.student),
                 sampler=cfg.student.sampler if cfg.student.sampler != "auto" else family.default_sampler,
@@ -392,7 +424,6 @@ def trace_step(cfg, policy: str = "cuda", fake: bool = True) -> Trace | None:
                 clip_grad_norm(params, t.grad_clip, None)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            trainable = {id(p): p for params, _ in opts for p in params}.values()
             modules = [family.components.denoiser, family.components.vae, nets.generator, nets.fake_full,
                        getattr(rl, "decoder", None), getattr(getattr(rl, "reference", None), "copy", None)]
             weights = {id(x.untyped_storage()): x for m in modules if m is not None
@@ -403,10 +434,16 @@ def trace_step(cfg, policy: str = "cuda", fake: bool = True) -> Trace | None:
             sized = lambda tensors: sum(tracker.rounded(x.untyped_storage().nbytes()) for x in tensors)  # noqa: E731
             trainable_bytes, state_bytes = sized(trainable), sized(state)
             gradients = sum(tracker.rounded(p.numel() * p.element_size()) for p in trainable)
+            networks = {id(m): m for m in (nets.guidance, nets.generator, nets.fake_full) if m is not None}.values()
+            trainable_ids = {id(p) for p in trainable}
+            frozen = {id(p.untyped_storage()): p for net in networks for p in net.parameters() if id(p) not in trainable_ids}
             return Trace(peak=tracker.peak, steady=steady, trainable=sum(p.numel() for p in trainable),
                          trainable_bytes=trainable_bytes, optimizer_state=state_bytes, gradients=gradients,
                          frozen_weights=sized(weights.values()), teacher_weights=teacher_weights,
-                         denoiser_params=denoiser_params, source=source)
+                         denoiser_params=denoiser_params, source=source, denoiser_weights=denoiser_weights,
+                         sharded_frozen=sized(frozen.values()),
+                         gathered_unit=max(gathered_unit(net, ctx.amp_dtype) for net in networks),
+                         weight_casts=tracker.casts_at_peak)
 
 
 def trace_isolated(cfg, policy: str = "cuda") -> Trace | None:

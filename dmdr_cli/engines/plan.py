@@ -114,12 +114,13 @@ def print_plan(cfg: Recipe, stage: str, init: str | None, resume: str | None, co
         console.print(report or "memory plan: needs the pipeline's configs (a local folder) or a known hub id")
     else:
         head, plans, lines, mem_warnings = report
-        mem = Table(title=f"memory per GPU at {n} process(es), GiB ({head})", title_justify="left")
+        mem = Table(title=f"memory per GPU at {n} process(es) by train.sharding, GiB ({head})", title_justify="left")
         mem.add_column("term", style="bold")
-        for name in plans:
-            mem.add_column(f"sharding {name}" + (" (recipe)" if name == cfg.train.sharding else ""), justify="right")
-        for term in next(iter(plans.values())).terms:
-            mem.add_row(term, *(f"{plan.terms[term] / GiB:.1f}" for plan in plans.values()))
+        for name in plans:  # short headers: four columns fit 80 characters unwrapped
+            mem.add_column(name + (" (recipe)" if name == cfg.train.sharding else ""), justify="right")
+        for term in {term: None for plan in plans.values() for term in plan.terms}:  # a term some sharding adds
+            mem.add_row(term, *(f"{plan.terms[term] / GiB:.1f}" if term in plan.terms else "-"
+                                for plan in plans.values()))
         if any(plan.encoding > plan.total for plan in plans.values()):  # before training: the prompts' encoding
             mem.add_row("prompt encoding (before it)",
                         *(f"{plan.encoding / GiB:.1f}" for plan in plans.values()))

@@ -20,12 +20,13 @@ from ..data.prompts import prompt_index, recipe_prompts
 from ..errors import DmdrError
 from ..recipe import Recipe, to_yaml
 from ..runtime import checkpoint as ckpt
-from ..runtime.distributed import Dist, GradReducer, clip_grad_norm
+from ..runtime.distributed import Dist, clip_grad_norm
 from ..runtime.faults import fault_point, inject_nan
 from ..runtime.monitor import MetricsLog, StepProgress
 from ..runtime.reporting import check_report_to, open_reporters
 from ..runtime.precision import (autocast_dtype, frozen_dtype, is_sharded, make_optimizer, optimizer_state_bytes,
-                                 parameter_owners, setup_backends)
+                                 setup_backends)
+from ..runtime.sharding import check_benches, parallel_for, weight_bytes
 from ..runtime import compat
 from ..runtime.rundir import RunFolder, is_done, mark_done
 from ..dmd.gan import GanTerm
@@ -34,7 +35,7 @@ from ..dmd.networks import build_networks
 from ..dmd.ode_regression import cache_path, make_pairs, pair_identity, pair_seed, regression_loss, term_loss
 from ..dmd.randomness import StepRandomness, key_seed, keyed_generator
 from ..dmd.step import StepContext, dmd_generator_loss, fake_score_step_loss, generator_sample
-from ..dmd.validation import grid_image, save_sample_grid, validate
+from ..dmd.validation import grid_image, sample_grid, validate, write_sample_grid
 from ..dmd.init_weights import apply_init
 from ..rl.branch import build_rl_branch
 
@@ -59,12 +60,7 @@ class NonFiniteGuard:
         return False
 
 
-def make_reducer(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, dist: Dist) -> GradReducer:
-    """The gradient reducer of one optimizer's parameters (sharded like the optimizer)."""
-    return GradReducer(params, dist, owner=parameter_owners(opt))
-
-
-def apply_update(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, clip: float, reducer: GradReducer,
+def apply_update(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, clip: float, reducer,
                  guard: NonFiniteGuard, term: str, loss: torch.Tensor,
                  parts: dict[str, torch.Tensor] | None = None) -> tuple[bool, float]:
     """Finish the gradient reduction, clip, and step, unless anything is non-finite (then the update is skipped)."""
@@ -73,8 +69,7 @@ def apply_update(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, c
     ok = guard.check(term, [loss.detach(), norm], parts)
     if ok:
         opt.step()
-        if reducer.sharded:  # ZeroRedundancyOptimizer broadcasts each rank's updated parameters
-            reducer.bytes_reduced += sum(p.numel() * p.element_size() for p in params if reducer.owns(p))
+        reducer.stepped(params)
     opt.zero_grad(set_to_none=True)
     return ok, float(norm)
 
@@ -114,16 +109,21 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
     from ..families.loading import check_resolution
 
     check_resolution(cfg.model)  # a size the VAE (and an MMDiT's patches) cannot divide fails deep in a forward
+    from ..evaluate import plugins
+
+    benches = plugins.run_benches(cfg, stage)  # their validation metrics and end-of-run reports
+    check_benches(cfg.train.sharding, dist, benches)
 
     # ---- models ----------------------------------------------------------------------------------
     from ..families import FAMILIES, guidance_values_of, load_family
 
+    # train.sharding: the networks as they are (none, optimizer) or FSDP-sharded in place (full: built on the CPU,
+    # then sharded onto the device), and how gradients are reduced and checkpoints gathered to match
+    parallel = parallel_for(cfg.train.sharding, dist, autocast_dtype(cfg.train.mixed_precision, device))
     rl_branch = build_rl_branch(cfg, device, stage)  # rewards load (and fail) before the teacher
     family = load_family(cfg.model, device=device, dtype=frozen_dtype(cfg.model.dtype, device),
-                         uncond_mode=cfg.guidance.uncond, guidance_values=guidance_values_of(cfg))
-    from ..evaluate import plugins
-
-    benches = plugins.run_benches(cfg, stage)  # their validation metrics and end-of-run reports
+                         uncond_mode=cfg.guidance.uncond, guidance_values=guidance_values_of(cfg),
+                         denoiser_device=parallel.build_device)
     if dist.is_main:
         console.print(prompts.summary())
     # validation and bench prompts are few and encoded once; the training set's as data.cache_embeddings says
@@ -141,16 +141,17 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         teacher.enable_gradient_checkpointing()
     with torch.random.fork_rng(devices=[]):  # LoRA A matrices are random: seed them from the recipe alone
         torch.manual_seed(key_seed(cfg.train.seed, "lora-init"))
-        nets = build_networks(teacher, cfg, FAMILIES[cfg.model.family])
+        nets = build_networks(teacher, cfg, FAMILIES[cfg.model.family], device=device)
     if cfg.train.gradient_checkpointing and nets.generator is not teacher:
         nets.generator.enable_gradient_checkpointing()
     if cfg.train.compile:  # in place; adapter switches and new shapes recompile, so worth it for long runs only
         for net in {id(teacher): teacher, id(nets.generator): nets.generator}.values():
             net.compile()
+    parallel.wrap(nets)
     lr_g, lr_f = cfg.learning_rates(0)  # set again at every step (the cold start may have its own)
     opt_g = make_optimizer(nets.generator_params, lr_g, cfg.train, device, dist.world_size)
     opt_f = make_optimizer(nets.fake_params, lr_f, cfg.train, device, dist.world_size)
-    reducer_g, reducer_f = make_reducer(nets.generator_params, opt_g, dist), make_reducer(nets.fake_params, opt_f, dist)
+    reducer_g, reducer_f = parallel.reducer(nets.generator_params, opt_g), parallel.reducer(nets.fake_params, opt_f)
     if rl_branch is not None:
         rl_branch.attach(family, nets)
     ema = GeneratorEMA(nets.generator_params, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.decay > 0 else None
@@ -233,7 +234,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                 dist.raise_together(attempt(lambda: [ckpt.write_optimizer_shard(partial, name, opt, dist.rank)
                                                      for name, opt in sharded.items()]), elsewhere)
 
-            def write():
+            def checkpoint_tensors() -> dict:
                 tensors = nets.trainable_state()
                 if ema is not None:  # the averaged generator beside the live one: sample / export read it
                     with ema.swapped():
@@ -242,9 +243,15 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     tensors["rl_reference"] = rl_branch.state()
                 if gan is not None:
                     tensors["gan_head"] = gan.state()
+                return tensors
+
+            whole = parallel.whole_state(checkpoint_tensors, optimizers)  # sharded weights: gathered by every rank
+
+            def write():
+                tensors, state = whole if whole is not None else (checkpoint_tensors(), optimizers)
                 ckpt.save_checkpoint(run.path, k, recipe_yaml=to_yaml(cfg),
                                      state=run_state(cfg, stage, nets, dist.world_size), tensors=tensors,
-                                     optimizers=optimizers, keep=cfg.train.keep_checkpoints, fault_hook=fault_point,
+                                     optimizers=state, keep=cfg.train.keep_checkpoints, fault_hook=fault_point,
                                      partial=partial, shards=dist.world_size)
 
             dist.raise_together(attempt(write, dist.is_main), elsewhere)
@@ -304,11 +311,24 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
             """The conditioning of prompts encoded above (a bench's, the run's own)."""
             return fixed_conds[[index_of[p] for p in texts]]
 
+        # the processes that run the networks outside training steps: the main one, or every one when the weights are
+        # sharded (each sharded forward all-gathers); the main one alone writes
+        sampling = dist.is_main or parallel.every_rank_forwards
+
+        def samples(k: int) -> None:
+            """The sample grid of generator step k into samples/ (and the dashboards)."""
+            with averaged(ema):  # the weights a user would sample
+                image = sample_grid(ctx, val_cond, cfg.train.seed)
+            if dist.is_main:
+                log.image(k, "samples", write_sample_grid(image, val_prompts, run.path / "samples", k))
+
         def run_validation(k: int, best: float | None) -> float | None:
             """Validation metrics into the log, a grid into samples/, and the best checkpoint by weighted reward."""
             with averaged(ema):  # the weights a user would sample
                 metrics, images = validate(ctx, val_prompts, val_cond, val_rewards, cfg.train.seed)
                 metrics.update(plugins.validation_metrics(benches, ctx, encode))
+            if not dist.is_main:
+                return best
             (run.path / "samples").mkdir(exist_ok=True)
             grid = run.path / "samples" / f"validation-{k:06d}.png"
             grid_image(images).save(grid)
@@ -325,7 +345,7 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         if warm_start or cfg.ode_regression.weight > 0:
             pairs = teacher_pairs(ctx, conds, run.path, dist, console)
         if warm_start:
-            ode_warm_start(ctx, pairs, conds, dist, log, console)
+            ode_warm_start(ctx, pairs, conds, dist, parallel, log, console)
 
         best = None
         title = "cold start" if stage == "coldstart" else "distill"
@@ -373,26 +393,27 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
                     ema.update(k)
                 stats["fake_loss"] = torch.stack(fake_losses).mean()
                 stats["step_time"] = time.perf_counter() - t0
-                if dist.world_size > 1:  # bytes this process sent into reductions and parameter broadcasts
+                if dist.world_size > 1 and not parallel.every_rank_forwards:  # bytes this process sent into
+                    # reductions and parameter broadcasts (FSDP's own collectives are not counted)
                     stats["comm_mib"] = (reducer_g.bytes_reduced + reducer_f.bytes_reduced - sent0) / 2**20
                 stats["nonfinite_skipped"] = guard_g.skipped + guard_f.skipped
                 if logged(k):  # the only host syncs for stats
                     stats.update(memory_stats(device))
-                    # this process's AdamW state (its 1/N shard under train.sharding: optimizer), averaged in the log
+                    # this process's AdamW state (its 1/N shard under train.sharding optimizer or full), averaged
                     stats["optimizer_state_mib"] = (optimizer_state_bytes(opt_g) + optimizer_state_bytes(opt_f)) / 2**20
+                    # and its share of the networks' weights (1/N of them under train.sharding full)
+                    stats["weights_mib"] = weight_bytes(nets.guidance, nets.generator, nets.fake_full) / 2**20
                     scalars = {n: float(v) for n, v in dist.mean_scalars(stats).items() if _is_scalar(v)}
                     log.write(k, {"stage": "coldstart" if k <= cfg.coldstart.steps else "distill", "rl": rl_on, **scalars})
                     progress.update(k, {n: scalars[n] for n in ("generator_loss", "fake_loss", "rl_loss") if n in scalars})
-                if cfg.train.sample_every and k % cfg.train.sample_every == 0 and dist.is_main:
-                    with averaged(ema):
-                        log.image(k, "samples", save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
-                                                                 k, cfg.train.seed))
+                if cfg.train.sample_every and k % cfg.train.sample_every == 0 and sampling:
+                    samples(k)
                 validating = cfg.train.validate_every and k % cfg.train.validate_every == 0
                 due = (cfg.train.checkpoint_every and k % cfg.train.checkpoint_every == 0) or k == total_steps or validating
                 stop = dist.any(preempt.requested)  # the signal may reach one process only; all must save and stop
                 if due or stop:  # once per step: a preempted run checkpoints the step it just finished
                     save(k)
-                if validating and dist.is_main:
+                if validating and sampling:
                     best = run_validation(k, best)
                 if stop and k < total_steps:  # a signal during the last step: the run is simply done
                     console.print(f"[yellow]stopped by {preempt.signal_name or 'a signal to another process'} at generator "
@@ -403,10 +424,8 @@ def run_training(cfg: Recipe, *, stage: str, init: str | None, resume: str | Non
         # ---- what the run promises after its last step; done.json is written only once all of it is --------
         fault_point("before-end-outputs")
         outputs = [f"checkpoints/{ckpt.step_dir_name(k)}"]
-        if dist.is_main and cfg.train.sample_every:
-            with averaged(ema):
-                log.image(k, "samples", save_sample_grid(ctx, val_prompts, val_cond, run.path / "samples",
-                                                         k, cfg.train.seed))
+        if sampling and cfg.train.sample_every:
+            samples(k)
             outputs.append("samples")
         if dist.is_main:
             with averaged(ema):
@@ -454,13 +473,13 @@ def teacher_pairs(ctx, conds: PromptConditions, run_dir: Path, dist: Dist,
                           identity=pair_identity(cfg, conds.prompts), shared=bool(cfg.ode_regression.cache))
 
 
-def ode_warm_start(ctx, pairs, conds, dist: Dist, log: MetricsLog, console: Console) -> None:
+def ode_warm_start(ctx, pairs, conds, dist: Dist, parallel, log: MetricsLog, console: Console) -> None:
     """Regress the student onto teacher ODE outputs before generator step 0 (ode_regression section)."""
     cfg = ctx.cfg
     n = cfg.ode_regression.pairs
     opt = make_optimizer(ctx.nets.generator_params, cfg.ode_regression.lr or cfg.train.lr_generator, cfg.train, ctx.device,
                          dist.world_size, bucket_view=False)  # the generator's own optimizer holds the views
-    reducer = make_reducer(ctx.nets.generator_params, opt, dist)
+    reducer = parallel.reducer(ctx.nets.generator_params, opt)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     B = cfg.train.batch_size
     with StepProgress(cfg.ode_regression.steps, 0, console, dist.is_main, "ODE regression") as progress:

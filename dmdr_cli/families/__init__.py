@@ -33,18 +33,26 @@ def default_dtype(recipe_dtype: str, device) -> torch.dtype:
 
 def load_family(model_cfg, *, device="cpu", dtype: torch.dtype | None = None, with_text_encoders: bool = True,
                 with_vae: bool = True, uncond_mode: str = "empty_prompt",
-                guidance_values: tuple[float | None, float | None] = (None, None)) -> Family:
+                guidance_values: tuple[float | None, float | None] = (None, None), denoiser_device=None) -> Family:
     """Load the teacher of `model_cfg` (recipe.model) with the adapter its `family` names.
 
     `dtype` None: `model_cfg.dtype` on accelerators, fp32 on CPU. `uncond_mode` is recipe.guidance.uncond;
     `guidance_values` are recipe student.embedded_guidance and guidance.fake_embedded_guidance
-    (`guidance_values_of(recipe)`), for a denoiser that embeds guidance.
+    (`guidance_values_of(recipe)`), for a denoiser that embeds guidance. `denoiser_device`: where the denoiser
+    stays when it is not `device` (train.sharding full builds the networks on the CPU and shards them onto the
+    GPU block by block: the whole teacher never sits on one GPU).
     """
+    from .loading import place
+
     cls = family_class(model_cfg.family)
     if dtype is None:
         dtype = default_dtype(getattr(model_cfg, "dtype", "fp32"), device)
-    family = cls.load(model_cfg, device=device, dtype=dtype, with_text_encoders=with_text_encoders,
-                      with_vae=with_vae)
+    family = cls.load(model_cfg, device=denoiser_device or device, dtype=dtype,
+                      with_text_encoders=with_text_encoders, with_vae=with_vae)
+    if denoiser_device is not None:
+        for module in [family.components.vae, *family.components.text_encoders]:
+            if module is not None:
+                place(module, device)
     family.uncond_mode = uncond_mode
     family.use_guidance_values(*guidance_values)
     return family

@@ -258,12 +258,18 @@ class TrainSection(Section):
                             "gradient (about grad / numel per element) underflows in fp16.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     compile: bool = Field(False, description="torch.compile the denoiser (minutes of warm-up; for long runs).")
-    sharding: Literal["none", "optimizer"] = Field(
+    sharding: Literal["none", "optimizer", "full"] = Field(
         "none", description="Data-parallel sharding across processes. none: every process holds all trainable "
                             "state, gradients all-reduced in buckets during the backward. optimizer: ZeRO-2 style "
                             "with torch's ZeroRedundancyOptimizer: each process keeps the AdamW state of 1/N of "
                             "the trainable parameters and, after the reduction, only their gradients; gradient "
-                            "buckets are reduced to their owner during the backward. One process: no effect.")
+                            "buckets are reduced to their owner during the backward. full: ZeRO-3 with torch's "
+                            "FSDP2 (fully_shard per transformer/resnet block): each process keeps 1/N of every "
+                            "weight (frozen teacher, adapters, trainable copies), of its gradient and AdamW state, "
+                            "and gathers one block at a time for each forward and backward (in bf16 under "
+                            "autocast); checkpoints are gathered whole, readable at any process count. Not with "
+                            "train.compile, adamw8bit, the GAN term, DPO/GRPO or ode_regression. One process: no "
+                            "effect.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of all randomness (noise is keyed by global sample index).")
     log_every: int = Field(10, ge=1, description="Generator steps between log lines.")
     sample_every: int = Field(500, ge=0, description="Generator steps between sample grids (0: off).")
@@ -502,6 +508,27 @@ class Recipe(Section):
         if self.rl.algorithm == "dpo" and self.student.steps < 2:
             raise ValueError("rl.algorithm dpo needs a multi-step student (student.steps >= 2): a 1-step student is "
                              "only ever fed pure noise, never the renoised samples DPO trains on; use refl")
+        return self
+
+    @model_validator(mode="after")
+    def _full_sharding(self):
+        """What FSDP-sharded networks cannot run (runtime/sharding.py says why each)."""
+        if self.train.sharding != "full":
+            return self
+        refused = {
+            "train.compile": (self.train.compile, "set train.compile=false"),
+            "train.optimizer adamw8bit": (self.train.optimizer == "adamw8bit",
+                                          "set train.optimizer=adamw (its state is divided by the process count "
+                                          "already)"),
+            "the GAN term": (self.gan.weight > 0, "set gan.weight=0"),
+            f"rl.algorithm {self.rl.algorithm}": (self.rl.algorithm in ("dpo", "grpo"), "use refl"),
+            "ode_regression": (bool(self.ode_regression.steps or self.ode_regression.weight),
+                               "set ode_regression.steps=0 and ode_regression.weight=0"),
+        }
+        for what, (present, fix) in refused.items():
+            if present:
+                raise ValueError(f"train.sharding full does not support {what}: {fix}, or use train.sharding "
+                                 f"optimizer")
         return self
 
     @property

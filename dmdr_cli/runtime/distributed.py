@@ -241,6 +241,12 @@ class GradReducer:
             raise RuntimeError(f"{len(late)} gradient(s) accumulated after their bucket was reduced: arm() must "
                                f"come right before the last backward of the update")
 
+    def stepped(self, params: list[torch.nn.Parameter]) -> None:
+        """After the optimizer stepped `params`: sharded, ZeroRedundancyOptimizer broadcast each rank's updated
+        parameters, which counts as sent."""
+        if self.sharded:
+            self.bytes_reduced += sum(p.numel() * p.element_size() for p in params if self.owns(p))
+
     def grad_bytes(self) -> int:
         """Bytes of the gradients this rank holds now (measured from the tensors)."""
         return sum(p.grad.numel() * p.grad.element_size() for p in self.params if p.grad is not None)
@@ -251,17 +257,20 @@ class GradReducer:
         self._hooks = []
 
 
-def clip_grad_norm(params: list[torch.nn.Parameter], clip: float, reducer: GradReducer | None,
-                   loss: torch.Tensor | None = None) -> torch.Tensor:
-    """Global gradient norm, clipped to `clip` (0: not clipped). Sharded, each rank holds only its own
-    parameters' gradients: the squared norms (and a non-finite loss, as NaN) are summed over the ranks so
-    every rank sees the same norm and makes the same skip decision."""
+def clip_grad_norm(params: list[torch.nn.Parameter], clip: float, reducer, loss: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Global gradient norm, clipped to `clip` (0: not clipped). Sharded (`reducer.sharded`: a GradReducer of
+    train.sharding optimizer, or FSDP's shards under full), each rank holds only its own part of the gradients:
+    the squared norms (and a non-finite loss, as NaN) are summed over the ranks so every rank sees the same norm
+    and makes the same skip decision."""
     max_norm = clip if clip > 0 else float("inf")
     if reducer is None or not reducer.sharded:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     import torch.distributed as tdist
 
-    grads = [p.grad for p in params if p.grad is not None]
+    from .sharding import local
+
+    grads = [local(p.grad) for p in params if p.grad is not None]
     device = params[0].device
     square = torch.zeros((), dtype=torch.float32, device=device)
     for g in grads:

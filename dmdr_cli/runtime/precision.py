@@ -62,7 +62,12 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, train_cfg, devic
         # parameters_as_bucket_view: after its step each rank broadcasts its shard as a few flat buffers, not one
         # collective per tensor (a LoRA has hundreds)
         return ZeroRedundancyOptimizer(params, optimizer_class=cls, parameters_as_bucket_view=bucket_view, **kwargs)
-    return cls(params, **kwargs)
+    opt = cls(params, **kwargs)
+    from .sharding import is_sharded_tensor, shard_optimizer_state
+
+    if any(is_sharded_tensor(p) for p in params):  # train.sharding full: a checkpoint's whole state, cut to shards
+        opt.register_load_state_dict_pre_hook(shard_optimizer_state)
+    return opt
 
 
 def parameter_owners(opt: torch.optim.Optimizer) -> dict | None:
@@ -118,7 +123,9 @@ def place_restored_state(opt) -> None:
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes of optimizer state tensors this rank holds (the local shard for a ZeroRedundancyOptimizer)."""
+    """Bytes of optimizer state tensors this rank holds (its shard under train.sharding optimizer or full)."""
+    from .sharding import local
+
     inner = getattr(opt, "optim", opt)
-    return sum(v.numel() * v.element_size() for state in inner.state.values() for v in state.values()
+    return sum(local(v).numel() * v.element_size() for state in inner.state.values() for v in state.values()
                if torch.is_tensor(v))

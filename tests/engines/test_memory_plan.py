@@ -218,8 +218,10 @@ def test_flux_dev_recipe_plans_for_each_gpu_size(tmp_path):
     assert f"planner's figure (`--dry-run`): {figure} GiB" in " ".join(
         line.lstrip("# ") for line in path.read_text().splitlines() if line.startswith("#"))
     res = ok("distill", path, out, "--dry-run", "--processes", "4", "--gpu-memory", "80")
-    assert "memory per GPU at 4 process(es)" in res.output and "sharding optimizer" in res.output
-    assert "activations (traced)" in res.output and "fits 80 GiB: yes" in res.output and "fits 24" not in res.output
+    text = " ".join(res.output.split())
+    assert "memory per GPU at 4 process(es) by train.sharding" in text and "┃ optimizer ┃" in text
+    assert "┃ full, adamw ┃" in text and "gathered blocks" in text  # full's column: 8-bit AdamW cannot be sharded
+    assert "activations (traced)" in text and "fits 80 GiB: yes" in text and "fits 24" not in text
     assert "bench/gpu_check.sh" in res.output  # where its accuracy comes from
     assert invoke("distill", path, out, "--dry-run", "--gpu-memory", "0").exit_code == 2
     assert not (tmp_path / "run").exists()
