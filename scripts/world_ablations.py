@@ -376,6 +376,22 @@ def decline(found: list[dict]) -> tuple[float, float, float]:
     return v60, level, level - v60
 
 
+# The adopted study's rule (docs/results.md, written before its 480-step runs finished): a curve does not fall
+# after the cold start when the mean over seeds of V_seed(s) - V_seed(60) is at least -0.031 at s = 120 and 480,
+# twice the standard error validation-prompt noise puts on a 3-seed mean of a difference (0.0188 * 2**0.5 / 3**0.5).
+NOT_FALLING = -0.031
+
+
+def seed_gains(found: list[dict], step: int) -> list[float]:
+    """Each seed's val_world_geneval at `step` minus its own at step 60 (seeds that validated at both)."""
+    gains = []
+    for r in found:
+        at = {v["step"]: v["val_world_geneval"] for v in r["validation"]}
+        if step in at and 60 in at:
+            gains.append(at[step] - at[60])
+    return gains
+
+
 def curve_table(set_name: str, reference: tuple[str, str] | None = None) -> str:
     """Per row: validation world-GenEval at steps 60-120 (mean over seeds), the level and decline of the
     candidates' rule, the empty-canvas share at 60 and 120, and for `candidates` the rule's verdict."""
@@ -385,6 +401,9 @@ def curve_table(set_name: str, reference: tuple[str, str] | None = None) -> str:
     long = any(validation_at(found, 480) for _, found in rows)
     steps = (60, 80, 100, 120) + ((240, 360, 480) if long else ())
     header = ["row", "seeds", *(f"V({k})" for k in steps), "L", "D = L - V(60)", "empty 60", "empty 120"]
+    judged = set_name == "adopted"  # the adopted study's rule: per-seed differences to step 60
+    if judged:
+        header += [f"V(s) - V(60) at {k}, mean (seed std)" for k in (120, 480)] + ["curve (rule)"]
     lines = ["| " + " | ".join(header) + (" | verdict |" if set_name == "candidates" else " |"),
              "|" + " --- |" * (len(header) + (set_name == "candidates"))]
     shipped = dict(rows).get("shipped recipe")
@@ -394,6 +413,13 @@ def curve_table(set_name: str, reference: tuple[str, str] | None = None) -> str:
         cells += [f"{level:.3f}", f"{d:+.3f}"]
         empty = [validation_at(found, k, "val_world_empty") for k in (60, 120)]
         cells += [f"{statistics.mean(e):.3f}" if e else "-" for e in empty]
+        if judged:
+            gains = {k: seed_gains(found, k) for k in (120, 480)}
+            cells += [f"{statistics.mean(g):+.3f} ({statistics.stdev(g):.3f})" if len(g) > 1 else
+                      (f"{g[0]:+.3f}" if g else "-") for g in gains.values()]
+            complete = all(len(g) >= 3 for g in gains.values())
+            cells.append(("holds" if all(statistics.mean(g) >= NOT_FALLING for g in gains.values()) else "falls")
+                         if complete else "-")
         if set_name == "candidates":
             if name == "shipped recipe" or shipped is None:
                 cells.append("reference" if name == "shipped recipe" else "-")

@@ -72,3 +72,20 @@ def test_run_starts_nothing_past_the_budget(study, monkeypatch):
     study.run_one("long", "distill only, 480 steps", 1, limit_hours=1.8)
     study.run_one("long", "distill only, 480 steps", 1, limit_hours=2.0)
     assert started == [("long", "distill only, 480 steps", 1)]
+
+
+def test_the_adopted_curve_rule_reads_per_seed_differences_to_step_60(study, monkeypatch):
+    """The adopted study's verdict: the mean over seeds of V_seed(s) - V_seed(60) at 120 and 480 against the
+    rule's -0.031, judged only once 3 seeds reached 480."""
+    def run(seed: int, curve: dict) -> dict:
+        return {"seed": seed, "validation": [{"step": k, "val_world_geneval": v, "val_world_empty": 0.0}
+                                             for k, v in curve.items()]}
+
+    flat = [run(s, {60: 0.30 + s / 100, 120: 0.30 + s / 100, 480: 0.28 + s / 100}) for s in range(3)]
+    falling = [run(s, {60: 0.30, 120: 0.30, 480: 0.25 + s / 100}) for s in range(3)]
+    rows = {"distill + ReFL, 480 steps": flat, "distill only, 480 steps": falling, "distill only": flat[:2]}
+    monkeypatch.setattr(study, "records", lambda set_name, row: rows.get(row, []))
+    table = {line.split(" | ")[0].lstrip("| "): line for line in study.curve_table("adopted").splitlines()[2:]}
+    assert table["distill + ReFL, 480 steps"].endswith("| +0.000 (0.000) | -0.020 (0.000) | holds |")
+    assert table["distill only, 480 steps"].endswith("| -0.040 (0.010) | falls |")
+    assert table["distill only"].endswith("| -0.020 (0.000) | - |")  # 2 seeds: no verdict
