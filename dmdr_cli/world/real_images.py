@@ -16,7 +16,11 @@ from .bench import render_entry
 from .builtin_prompts import PROMPT_SIZE, TRAIN_DENSE, TRAIN_GENEVAL, TRAIN_SEED, training_dense_items
 from .dense import generate_dense_prompts
 from .prompts import generate_prompts
-from .scene import check_size
+from .scene import LayoutError, check_size
+
+# a tight item (four objects and three relations at 24 px) can miss a layout in one search of 1000 tries; its
+# stream goes on for another search, so a sample stays a function of (seed, i)
+SEARCHES = 20
 
 
 class WorldRenders:
@@ -36,8 +40,13 @@ class WorldRenders:
         return [entry["prompt"] for entry in self.entries]
 
     def draw(self, index: int, sample_id: int):
-        entry = self.entries[index]
-        return render_entry(entry, np.random.default_rng([self.seed, sample_id]), self.size), entry["prompt"]
+        entry, rng = self.entries[index], np.random.default_rng([self.seed, sample_id])
+        for search in range(SEARCHES):
+            try:
+                return render_entry(entry, rng, self.size), entry["prompt"]
+            except LayoutError:
+                if search == SEARCHES - 1:
+                    raise
 
 
 register_image_source("world-renders", WorldRenders)
