@@ -139,7 +139,9 @@ ADOPTED = {
     "cold start": (["train.steps=60", "rl.algorithm=none", "train.validate_every=10"], THREE),
     # validated every 60 steps: 60 (the cold start's end), 120 (the main job's length), ..., 480
     "distill only, 480 steps": (_LONG + ["train.validate_every=60", "rl.algorithm=none"], THREE),
-    "distill + ReFL, 480 steps": (_LONG + ["train.validate_every=60"], THREE),
+    # 5 seeds from 2026-12-07 03:35 UTC, after its 3-seed result: the issue judges "the 5-seed DMDR student", and
+    # the 120-step row (5 seeds) and this one answer it for the main job's length and for training longer
+    "distill + ReFL, 480 steps": (_LONG + ["train.validate_every=60"], FIVE),
     "DMD2 layout + GAN on renders": (_EVERY20 + ["rl.algorithm=none", "guidance.layout=dmd2", "gan.weight=0.01",
                                                  "gan.features=fake", "data.images=builtin:world-renders"], THREE),
 }
