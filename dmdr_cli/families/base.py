@@ -198,10 +198,11 @@ class Family(ABC):
         tokenizer = next((t for t in self.components.tokenizers if t is not None), None)
         return getattr(self, "text_tokens", None) or (tokenizer.model_max_length if tokenizer else CLIP_TOKENS)
 
+    @abstractmethod
     def placeholder_cond(self, batch: int, device="cpu", dtype: torch.dtype = torch.float32) -> Cond:
         """Conditioning of the shapes `encode_prompts` gives, without text encoders (zeros): the memory planner
-        traces a training step with it. A family that does not implement it has no traced memory plan."""
-        raise NotImplementedError(f"{self.name}: no placeholder conditioning (the memory planner cannot trace it)")
+        traces a training step with it."""
+        ...
 
     # ---- denoiser -------------------------------------------------------------------------------
     @abstractmethod
